@@ -1,0 +1,35 @@
+# Two commands matter (see README): ./run_pair.sh (sets up and runs the demo) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.epochscope-installed
+
+.PHONY: setup demo-assets system-deps test test-fast bench clean
+
+setup: $(STAMP)
+
+# constraints.txt pins torch/torchvision to the builds on the dev machines' disk; pyproject accepts any.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	@touch $@
+
+demo-assets: setup
+	HF_HUB_OFFLINE=1 $(PY) -m shared.demo_assets
+
+# Debian packages the tests drive for real: Chromium (report rendering) and PostgreSQL (sweeps).
+system-deps:
+	@./scripts/system_deps.sh
+
+test: setup system-deps demo-assets
+	@./scripts/run_tests.sh
+
+test-fast: setup demo-assets
+	@./scripts/run_tests.sh -m "not slow"
+
+bench: setup demo-assets
+	$(PY) bench/bench_trainer.py
+	$(PY) bench/bench_evaluator.py
+
+clean:
+	rm -rf .cache runs sweeps test-artifacts .pytest_cache

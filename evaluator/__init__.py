@@ -1,0 +1,1 @@
+"""The evaluator: watches trial folders, scores each complete checkpoint, reports to files."""

@@ -1,0 +1,72 @@
+"""Build the SD 1.x CLIP tokenizer files (vocab.json, merges.txt) offline from the BPE vocabulary that
+open_clip_torch ships. The result has the same ids as open_clip's SimpleTokenizer and as
+openai/clip-vit-large-patch14, so it serves our demo pipeline and sd-scripts' tokenizer cache."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from functools import lru_cache
+from pathlib import Path
+
+SD_SCRIPTS_TOKENIZER_SUBDIR = "openai_clip-vit-large-patch14"  # what sd-scripts looks for in its cache
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"
+N_MERGES = 49152 - 256 - 2
+
+
+def _bpe_path() -> Path:
+    import open_clip.tokenizer
+
+    return Path(open_clip.tokenizer.default_bpe())
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # The GPT-2/CLIP byte-to-printable mapping (same table open_clip and transformers use).
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+@lru_cache(maxsize=1)
+def vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    lines = gzip.open(_bpe_path()).read().decode("utf-8").split("\n")
+    merges = lines[1 : N_MERGES + 1]
+    byte_chars = list(_bytes_to_unicode().values())
+    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges] + [BOS, EOS]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def write_tokenizer_files(dest: Path | str) -> Path:
+    """Write a transformers CLIPTokenizer folder to ``dest`` (idempotent)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    vocab, merges = vocab_and_merges()
+    (dest / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (dest / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": 77,
+        "do_lower_case": True,
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "unk_token": EOS,
+        "pad_token": EOS,
+        "clean_up_tokenization_spaces": True,
+    }
+    (dest / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
+    (dest / "special_tokens_map.json").write_text(json.dumps(special, indent=2), encoding="utf-8")
+    return dest
+
+
+def write_sd_scripts_tokenizer_cache(cache_dir: Path | str) -> Path:
+    """Fill ``<cache_dir>/openai_clip-vit-large-patch14/`` so sd-scripts' ``--tokenizer_cache_dir``
+    works with no hub access."""
+    return write_tokenizer_files(Path(cache_dir) / SD_SCRIPTS_TOKENIZER_SUBDIR)

@@ -1,0 +1,271 @@
+"""The run config: one TOML file with [model] [dataset] [network] [training] [output] [evaluation] [sweep].
+
+Unknown keys are errors (a typo must not silently fall back to a default). Relative paths are
+resolved against the folder of the TOML file, so a config can be run from anywhere; ``demo:`` names
+refer to the offline demo assets (see shared.demo_assets).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.errors import ConfigError
+
+DEMO_PREFIX = "demo:"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    base: str = Field("demo:tiny", description="SD 1.x weights: a diffusers folder, a single-file "
+                      ".safetensors checkpoint, or 'demo:tiny' for the offline random-weight demo model.")
+    v_parameterization: bool = Field(False, description="The base predicts v (SD 2.x-v style).")
+    clip_skip: int | None = Field(None, ge=1, le=12)
+
+
+class DatasetConfig(_Section):
+    train_dir: str | None = Field("demo:dataset/train", description="kohya layout: N_concept/ folders of "
+                                  "images with caption files (N = repeats).")
+    validation_dir: str | None = Field(None, description="Held-out images with captions: evaluation "
+                                       "references and, if no prompts are given, the prompts.")
+    dataset_config: str | None = Field(None, description="An sd-scripts dataset TOML, passed through "
+                                       "verbatim (sd-scripts backend only).")
+    caption_extension: str = ".txt"
+    resolution: int = Field(512, ge=32, le=4096)
+    repeats_override: int | None = Field(None, ge=1, description="Ignore the N_ folder prefix.")
+
+
+class NetworkConfig(_Section):
+    dim: int = Field(8, ge=1, le=1024, description="LoRA rank (network_dim).")
+    alpha: float = Field(4.0, gt=0, description="LoRA alpha; scale = alpha / dim.")
+    train_text_encoder: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainingConfig(_Section):
+    backend: Literal["builtin", "sd-scripts"] = "builtin"
+    max_train_epochs: int | None = Field(10, ge=1)
+    max_train_steps: int | None = Field(None, ge=1, description="Overrides max_train_epochs when set.")
+    save_every_n_epochs: int | None = Field(1, ge=1)
+    save_every_n_steps: int | None = Field(None, ge=1)
+    save_state: bool = True
+    train_batch_size: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    text_encoder_lr: float | None = Field(None, gt=0)
+    optimizer: str = "AdamW"
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
+    lr_warmup_steps: int = Field(0, ge=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    cache_latents: bool = False
+    seed: int = 42
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N (builtin backend).")
+    num_gpus: int = Field(1, ge=1, description="More than 1 launches sd-scripts with accelerate.")
+    # sd-scripts backend
+    sd_scripts_dir: str | None = Field(None, description="Checkout of kohya-ss/sd-scripts "
+                                       "(default: $SD_SCRIPTS_DIR).")
+    sd_scripts_python: str | None = Field(None, description="Python of sd-scripts' own venv "
+                                          "(default: $SD_SCRIPTS_PYTHON).")
+    tokenizer_cache_dir: str | None = None
+    extra_args: list[str] = Field(default_factory=list, description="Passed to train_network.py verbatim.")
+
+    @model_validator(mode="after")
+    def _needs_a_length(self) -> "TrainingConfig":
+        if self.max_train_epochs is None and self.max_train_steps is None:
+            raise ValueError("set max_train_epochs or max_train_steps")
+        return self
+
+    def resolved_sd_scripts_dir(self) -> str | None:
+        return self.sd_scripts_dir or os.environ.get("SD_SCRIPTS_DIR") or None
+
+    def resolved_sd_scripts_python(self) -> str | None:
+        return self.sd_scripts_python or os.environ.get("SD_SCRIPTS_PYTHON") or None
+
+
+class OutputConfig(_Section):
+    dir: str = Field("runs/trial_0001", description="The trial folder (checkpoints, status, logs).")
+    name: str = Field("lora", pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_.\- ]*$",
+                      description="output_name: files are <name>-000002.safetensors etc.")
+
+
+class EarlyStopConfig(_Section):
+    enabled: bool = False
+    patience: int = Field(3, ge=1, description="Checkpoints without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest score gain that counts as improvement.")
+    min_checkpoints: int = Field(2, ge=1, description="Never stop before this many are scored.")
+
+
+class EvaluationConfig(_Section):
+    prompts: list[str] = Field(default_factory=list)
+    prompt_file: str | None = Field(None, description="One prompt per line; # starts a comment.")
+    negative_prompt: str = ""
+    num_samples: int = Field(8, ge=1, le=256, description="Images per checkpoint (prompts cycle).")
+    seed: int = Field(1234, description="Sample i uses seed + i: fixed across checkpoints.")
+    steps: int = Field(25, ge=1, le=1000)
+    guidance_scale: float = Field(7.5, ge=0)
+    resolution: int | None = Field(None, ge=32, le=4096, description="Default: dataset.resolution.")
+    batch_size: int | None = Field(None, ge=1, description="Default: all samples in one batch.")
+    scheduler: Literal["ddim", "euler", "dpmsolver"] = "ddim"
+    references_dir: str | None = Field(None, description="Reference images; default: validation_dir.")
+    clip_model: str = Field("demo:tiny-clip", description="open_clip architecture name, 'hf-hub:org/name', "
+                            "or 'demo:tiny-clip'.")
+    clip_pretrained: str | None = Field(None, description="open_clip pretrained tag or a local weights file.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    gpu_sharing: Literal["concurrent", "pause-trainer"] = "concurrent"
+    lora_scale: float = 1.0
+    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
+
+
+class SearchDimension(_Section):
+    """One axis of a sweep: a float/int range or a list of choices, over a dotted config field."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    type: Literal["float", "int", "auto"] = "auto"
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "SearchDimension":
+        if self.choices is None and (self.low is None or self.high is None):
+            raise ValueError("give either choices = [...] or low and high")
+        if self.choices is not None and not self.choices:
+            raise ValueError("choices must not be empty")
+        return self
+
+
+class PrunerConfig(_Section):
+    type: Literal["median", "patient", "none"] = "median"
+    n_startup_trials: int = Field(1, ge=0)
+    n_warmup_steps: int = Field(1, ge=0, description="Epochs reported before a trial may be pruned.")
+    patience: int = Field(2, ge=1, description="patient pruner: epochs without improvement.")
+    min_delta: float = 0.0
+
+
+class SweepConfig(_Section):
+    study_name: str = "epochscope"
+    storage: str | None = Field(None, description="Optuna storage URL; default sqlite:///<root>/study.db")
+    root: str = "sweeps/demo"
+    n_trials: int = Field(4, ge=1)
+    direction: Literal["maximize", "minimize"] = "maximize"
+    objective: str = Field("score", description="Metric taken from the best checkpoint of each trial.")
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int | None = 0
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
+    trial_timeout_s: float = Field(3600.0, gt=0, description="How long to wait for the final score.")
+    space: dict[str, SearchDimension] = Field(default_factory=dict, description="Dotted field -> range.")
+    enqueue: list[dict[str, Any]] = Field(default_factory=list, description="Fixed trials run first.")
+
+
+class RunConfig(_Section):
+    """The whole run config. ``source`` is where it was read from (not part of the TOML)."""
+
+    schema_version: int = 1
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    sweep: SweepConfig | None = None
+
+    def evaluation_resolution(self) -> int:
+        return self.evaluation.resolution or self.dataset.resolution
+
+
+# Fields holding paths, resolved against the TOML's folder (``demo:`` names are left alone).
+_PATH_FIELDS = (
+    ("model", "base"),
+    ("dataset", "train_dir"),
+    ("dataset", "validation_dir"),
+    ("dataset", "dataset_config"),
+    ("training", "sd_scripts_dir"),
+    ("training", "tokenizer_cache_dir"),
+    ("output", "dir"),
+    ("evaluation", "prompt_file"),
+    ("evaluation", "references_dir"),
+)
+
+
+def _looks_like_path(value: str) -> bool:
+    return not value.startswith(DEMO_PREFIX) and not value.startswith("hf-hub:")
+
+
+def resolve_paths(config: RunConfig, base_dir: Path) -> RunConfig:
+    """Make relative paths absolute against ``base_dir``; hub ids without a local match stay as they are."""
+    data = config.model_dump()
+    for section, key in _PATH_FIELDS:
+        value = data[section].get(key)
+        if not value or not _looks_like_path(value):
+            continue
+        p = Path(os.path.expanduser(value))
+        if not p.is_absolute():
+            candidate = (base_dir / p).resolve()
+            # A bare hub id like "runwayml/stable-diffusion-v1-5" has no local match: keep it.
+            if section == "model" and not candidate.exists() and not value.startswith("."):
+                continue
+            p = candidate
+        data[section][key] = str(p)
+    if data.get("sweep") and data["sweep"].get("root"):
+        root = Path(os.path.expanduser(data["sweep"]["root"]))
+        data["sweep"]["root"] = str(root if root.is_absolute() else (base_dir / root).resolve())
+    return RunConfig.model_validate(data)
+
+
+def config_from_dict(data: dict[str, Any], source: Path | str = "<config>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        msg = first.get("msg", "invalid value")
+        if first.get("type") == "extra_forbidden":
+            msg = "unknown key (check the spelling; see configs/example-sd15.toml for every key)"
+        raise ConfigError(source, msg, field=loc or None) from None
+
+
+def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read, validate and path-resolve a TOML config. ``overrides`` maps dotted keys to values."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(path, "config file not found") from None
+    except OSError as e:
+        raise ConfigError(path, f"cannot read ({e.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(path, f"invalid TOML: {e}") from None
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    config = config_from_dict(data, path)
+    return resolve_paths(config, path.resolve().parent)
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``set_dotted(d, "training.learning_rate", 1e-4)``: how sweeps and CLI overrides change a config."""
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError("<override>", f"{part} is not a section", field=dotted)
+    node[parts[-1]] = value
+
+
+def get_dotted(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node[part]
+    return node

@@ -1,0 +1,239 @@
+"""Offline demo assets, built deterministically and cached under a git-ignored folder.
+
+- ``tiny-sd/``: an SD-1.x-layout diffusers pipeline with random weights (UNet2DConditionModel,
+  AutoencoderKL with the SD /8 latent factor, CLIPTextModel) and a CLIPTokenizer built from
+  open_clip's BPE vocabulary;
+- ``tiny-clip/``: a tiny open_clip config plus random weights, for the metrics;
+- ``dataset/train/N_concept/`` and ``dataset/validation/``: captioned synthetic images (shapes and
+  colours, not noise) in kohya layout, with a held-out validation split.
+
+A config names them as ``demo:tiny``, ``demo:tiny-clip``, ``demo:dataset/train``... Nothing here
+touches the network; it works with HF_HUB_OFFLINE=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.config import DEMO_PREFIX
+
+ASSETS_VERSION = 1
+DEMO_RESOLUTION = 64
+TINY_CLIP_NAME = "epochscope-tiny-clip"
+
+_TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+# (folder, caption, shape, fill colour, background colour)
+_CONCEPTS = [
+    ("circle", "a red circle on a blue background, sks style", "ellipse", (220, 40, 40), (30, 60, 170)),
+    ("square", "a yellow square on a green background, sks style", "rectangle", (235, 210, 40), (40, 140, 60)),
+]
+
+
+def cache_root() -> Path:
+    """``$EPOCHSCOPE_CACHE`` or ``<repo>/.cache/epochscope`` (git-ignored)."""
+    env = os.environ.get("EPOCHSCOPE_CACHE")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / ".cache" / "epochscope"
+
+
+@dataclass(frozen=True)
+class DemoAssets:
+    root: Path
+
+    @property
+    def pipeline_dir(self) -> Path:
+        return self.root / "tiny-sd"
+
+    @property
+    def clip_config(self) -> Path:
+        return self.root / "tiny-clip" / f"{TINY_CLIP_NAME}.json"
+
+    @property
+    def clip_weights(self) -> Path:
+        return self.root / "tiny-clip" / "open_clip_model.safetensors"
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.root / "dataset"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.dataset_dir / "train"
+
+    @property
+    def validation_dir(self) -> Path:
+        return self.dataset_dir / "validation"
+
+    @property
+    def marker(self) -> Path:
+        return self.root / "assets.json"
+
+
+def demo_root(cache_dir: Path | str | None = None) -> Path:
+    return Path(cache_dir) if cache_dir else cache_root() / f"demo-v{ASSETS_VERSION}"
+
+
+def ensure_demo_assets(cache_dir: Path | str | None = None, force: bool = False) -> DemoAssets:
+    """Build the assets once; later calls return the cached ones. Safe to call from several processes."""
+    assets = DemoAssets(demo_root(cache_dir))
+    if assets.marker.exists() and not force:
+        return assets
+    assets.root.mkdir(parents=True, exist_ok=True)
+    import fcntl
+
+    with open(assets.root / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if assets.marker.exists() and not force:
+            return assets
+        _build_pipeline(assets.pipeline_dir)
+        _build_clip(assets)
+        _build_dataset(assets)
+        from shared.jsonio import atomic_write_text
+
+        atomic_write_text(assets.marker, json.dumps({"version": ASSETS_VERSION}) + "\n")
+    return assets
+
+
+def resolve_demo(value: str, cache_dir: Path | str | None = None) -> str:
+    """Map ``demo:...`` names to real paths (building the assets if needed); pass others through."""
+    if not value.startswith(DEMO_PREFIX):
+        return value
+    name = value[len(DEMO_PREFIX):]
+    assets = ensure_demo_assets(cache_dir)
+    table = {
+        "tiny": assets.pipeline_dir,
+        "tiny-clip": assets.clip_config,
+        "dataset": assets.dataset_dir,
+        "dataset/train": assets.train_dir,
+        "dataset/validation": assets.validation_dir,
+    }
+    if name not in table:
+        from shared.errors import EpochscopeError
+
+        raise EpochscopeError(f"unknown demo asset {value!r}; known: {', '.join('demo:' + k for k in table)}")
+    return str(table[name])
+
+
+# ------------------------------------------------------------------------------------------ builders
+
+
+def tiny_unet_config() -> dict:
+    """SD 1.x block layout (3 cross-attention down blocks + 1 plain), shrunk to be fast on a CPU."""
+    return dict(
+        sample_size=DEMO_RESOLUTION // 8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 32, 64, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=16,
+    )
+
+
+def sd15_scheduler_config() -> dict:
+    return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+def _build_pipeline(dest: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from shared.clip_tokenizer import write_tokenizer_files
+
+    tmp_tok = write_tokenizer_files(dest.parent / ".tokenizer-build")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**tiny_unet_config())
+    torch.manual_seed(1)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=DEMO_RESOLUTION,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=16, scaling_factor=0.18215,
+    )
+    torch.manual_seed(2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3,
+        max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    ))
+    tokenizer = CLIPTokenizer.from_pretrained(tmp_tok)
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler=DDIMScheduler(**sd15_scheduler_config()), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(dest, safe_serialization=True)
+    import shutil
+
+    shutil.rmtree(tmp_tok, ignore_errors=True)
+
+
+def _build_clip(assets: DemoAssets) -> None:
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    assets.clip_config.parent.mkdir(parents=True, exist_ok=True)
+    assets.clip_config.write_text(json.dumps(_TINY_CLIP_CONFIG, indent=2), encoding="utf-8")
+    open_clip.add_model_config(assets.clip_config)
+    torch.manual_seed(3)
+    model = open_clip.create_model(TINY_CLIP_NAME, pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(assets.clip_weights))
+
+
+def _draw(shape: str, fill: tuple[int, int, int], bg: tuple[int, int, int], rng: random.Random, size: int):
+    from PIL import Image, ImageDraw
+
+    jitter = lambda c: tuple(max(0, min(255, v + rng.randint(-25, 25))) for v in c)  # noqa: E731
+    img = Image.new("RGB", (size, size), jitter(bg))
+    d = ImageDraw.Draw(img)
+    r = rng.randint(size // 6, size // 3)
+    cx, cy = rng.randint(r, size - r), rng.randint(r, size - r)
+    getattr(d, shape)([cx - r, cy - r, cx + r, cy + r], fill=jitter(fill), outline=(250, 250, 250))
+    return img
+
+
+def _build_dataset(assets: DemoAssets, per_concept: int = 4, validation_per_concept: int = 2,
+                   repeats: int = 2) -> None:
+    rng = random.Random(0)
+    for folder, caption, shape, fill, bg in _CONCEPTS:
+        train = assets.train_dir / f"{repeats}_{folder}"
+        train.mkdir(parents=True, exist_ok=True)
+        assets.validation_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(per_concept + validation_per_concept):
+            target = train if i < per_concept else assets.validation_dir
+            stem = f"{folder}_{i:02d}"
+            _draw(shape, fill, bg, rng, DEMO_RESOLUTION).save(target / f"{stem}.png")
+            (target / f"{stem}.txt").write_text(caption + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="epochscope-demo-assets", description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", type=Path, default=None, help="default: .cache/epochscope/demo-v1")
+    parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    args = parser.parse_args(argv)
+    assets = ensure_demo_assets(args.cache_dir, force=args.force)
+    print(f"demo assets ready in {assets.root}")
+    for label, path in [("pipeline", assets.pipeline_dir), ("clip", assets.clip_config),
+                        ("train", assets.train_dir), ("validation", assets.validation_dir)]:
+        print(f"  {label:<10} {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

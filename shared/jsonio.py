@@ -1,0 +1,113 @@
+"""Atomic JSON files: a reader never sees half a file, and every read goes through a pydantic model."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from shared.errors import FileFormatError
+
+M = TypeVar("M", bound=BaseModel)
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write to a temp file in the same folder, flush, fsync, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename itself must survive a power cut; not every OS lets us open a directory.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_model(path: Path | str, model: BaseModel) -> None:
+    """Atomically write a contract model as indented JSON."""
+    atomic_write_text(path, model.model_dump_json(indent=2) + "\n")
+
+
+def _first_error_field(err: ValidationError) -> tuple[str | None, str]:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ())) or None
+    return loc, f"{first.get('msg', 'invalid value')} ({err.error_count()} problem(s))"
+
+
+def parse_model(path: Path | str, raw: bytes | str, model: type[M]) -> M:
+    """Validate ``raw`` JSON as ``model``; errors name the file and the first bad field."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FileFormatError(path, f"not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise FileFormatError(path, "expected a JSON object at the top level")
+    expected = model.model_fields.get("schema_version")
+    if expected is not None and "schema_version" in data:
+        want = expected.default
+        if data["schema_version"] != want:
+            raise FileFormatError(
+                path,
+                f"schema_version {data['schema_version']!r} is not supported (this version reads {want}); "
+                "upgrade epochscope or regenerate the file",
+                field="schema_version",
+            )
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        field, problem = _first_error_field(e)
+        raise FileFormatError(path, problem, field=field) from None
+
+
+def read_model(path: Path | str, model: type[M]) -> M:
+    """Read and validate a contract file; a missing or malformed file raises FileFormatError."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FileFormatError(path, "file not found") from None
+    except OSError as e:
+        raise FileFormatError(path, f"cannot read ({e.strerror})") from None
+    return parse_model(path, raw, model)
+
+
+def read_model_or_none(path: Path | str, model: type[M]) -> M | None:
+    """Like read_model, but a file that does not exist yet is ``None`` (malformed still raises)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    return read_model(path, model)
