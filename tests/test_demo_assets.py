@@ -1,0 +1,72 @@
+"""The demo assets build offline and deterministically, and the tiny pipeline makes an image."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.mark.slow
+def test_build_offline_is_deterministic(tmp_path, demo_assets):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           # Any attempt to reach a hub fails fast instead of hanging.
+           "HF_ENDPOINT": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    out = subprocess.run([sys.executable, "-m", "shared.demo_assets", "--cache-dir", str(tmp_path / "a")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    fresh, cached = _digest(tmp_path / "a"), _digest(demo_assets.root)
+    weights = [k for k in fresh if k.endswith(".safetensors")]
+    assert len(weights) >= 4
+    assert {k: fresh[k] for k in weights} == {k: cached[k] for k in weights}
+    images = [k for k in fresh if k.endswith(".png")]
+    assert images and {k: fresh[k] for k in images} == {k: cached[k] for k in images}
+
+
+def test_dataset_layout(demo_assets):
+    concepts = sorted(p.name for p in demo_assets.train_dir.iterdir())
+    assert concepts == ["2_circle", "2_square"]
+    for folder in [demo_assets.train_dir / c for c in concepts] + [demo_assets.validation_dir]:
+        pngs = sorted(folder.glob("*.png"))
+        assert pngs and all(p.with_suffix(".txt").read_text().strip() for p in pngs)
+
+
+def test_tokenizer_ids_match_open_clip(demo_assets):
+    import open_clip
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(demo_assets.pipeline_dir / "tokenizer")
+    ref = open_clip.tokenizer.SimpleTokenizer()
+    for text in ["a red circle on a blue background, sks style", "Ünïcode & punctuation!? 42"]:
+        assert tok(text)["input_ids"] == [ref.sot_token_id, *ref.encode(text), ref.eot_token_id]
+    assert tok.model_max_length == 77
+
+
+def test_tiny_pipeline_produces_an_image(demo_assets):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(demo_assets.pipeline_dir, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a red circle", num_inference_steps=3, height=64, width=64,
+               generator=torch.Generator().manual_seed(0), output_type="np")
+    image = out.images[0]
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all() and image.std() > 0.01
+
+
+def test_resolve_demo_names(demo_assets):
+    from shared.demo_assets import resolve_demo
+    from shared.errors import EpochscopeError
+
+    assert resolve_demo("demo:tiny") == str(demo_assets.pipeline_dir)
+    assert resolve_demo("/abs/path") == "/abs/path"
+    with pytest.raises(EpochscopeError, match="unknown demo asset"):
+        resolve_demo("demo:nope")

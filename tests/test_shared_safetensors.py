@@ -1,0 +1,73 @@
+import json
+import struct
+
+import torch
+from safetensors.torch import save_file
+
+from shared.safetensors_info import Completeness, inspect, is_complete
+
+
+def _make(path, **meta):
+    tensors = {"lora_unet_a.lora_down.weight": torch.randn(4, 64), "lora_unet_a.alpha": torch.tensor(4.0)}
+    save_file(tensors, str(path), metadata={"ss_epoch": "3", "ss_steps": "12", **meta})
+    return path.read_bytes()
+
+
+def test_complete_file_metadata_and_size(tmp_path):
+    data = _make(tmp_path / "a.safetensors", ss_output_name="a")
+    info = inspect(tmp_path / "a.safetensors")
+    assert info.is_complete and info.expected_size == len(data)
+    assert info.metadata_int("ss_epoch") == 3 and info.metadata_int("ss_steps") == 12
+    assert info.metadata["ss_output_name"] == "a"
+    assert set(info.tensor_names) == {"lora_unet_a.lora_down.weight", "lora_unet_a.alpha"}
+    (n,) = struct.unpack("<Q", data[:8])
+    assert info.header_length == n
+
+
+def test_file_written_in_chunks_is_incomplete_until_last_byte(tmp_path):
+    data = _make(tmp_path / "src.safetensors")
+    target = tmp_path / "growing.safetensors"
+    seen = []
+    with open(target, "wb") as f:
+        for i in range(0, len(data), 97):
+            f.write(data[i : i + 97])
+            f.flush()
+            seen.append((f.tell(), inspect(target).completeness))
+    assert all(c is Completeness.INCOMPLETE for size, c in seen if size < len(data))
+    assert seen[-1] == (len(data), Completeness.COMPLETE)
+    assert is_complete(target)
+
+
+def test_truncated_file_is_incomplete(tmp_path):
+    data = _make(tmp_path / "src.safetensors")
+    (tmp_path / "t.safetensors").write_bytes(data[:-1])
+    info = inspect(tmp_path / "t.safetensors")
+    assert info.completeness is Completeness.INCOMPLETE and "of" in info.reason
+
+
+def test_corrupt_header_is_reported_corrupt(tmp_path):
+    data = bytearray(_make(tmp_path / "src.safetensors"))
+    (n,) = struct.unpack("<Q", data[:8])
+    data[8:8 + n] = b"{" + b"x" * (n - 1)
+    (tmp_path / "c.safetensors").write_bytes(bytes(data))
+    assert inspect(tmp_path / "c.safetensors").completeness is Completeness.CORRUPT
+    (tmp_path / "huge.safetensors").write_bytes(struct.pack("<Q", 2**62) + b"{}")
+    assert inspect(tmp_path / "huge.safetensors").completeness is Completeness.CORRUPT
+
+
+def test_file_longer_than_its_header_says_is_corrupt(tmp_path):
+    data = _make(tmp_path / "src.safetensors")
+    (tmp_path / "long.safetensors").write_bytes(data + b"\0" * 10)
+    assert inspect(tmp_path / "long.safetensors").completeness is Completeness.CORRUPT
+
+
+def test_missing_and_tiny_files(tmp_path):
+    assert inspect(tmp_path / "nope.safetensors").completeness is Completeness.INCOMPLETE
+    (tmp_path / "tiny.safetensors").write_bytes(b"\x01\x02")
+    assert not is_complete(tmp_path / "tiny.safetensors")
+
+
+def test_header_with_bad_offsets_is_corrupt(tmp_path):
+    header = json.dumps({"t": {"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}}).encode()
+    (tmp_path / "b.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+    assert inspect(tmp_path / "b.safetensors").completeness is Completeness.CORRUPT
