@@ -19,7 +19,7 @@ from shared.trial import Trial
 @dataclass(frozen=True)
 class LaunchSpec:
     argv: list[str]
-    env: dict[str, str] = field(default_factory=dict, doc="Added to os.environ for the child.")
+    env: dict[str, str] = field(default_factory=dict)  # added to os.environ for the child
     cwd: Path | None = None
 
     def printable(self) -> str:
@@ -89,8 +89,9 @@ class Backend(Protocol):
         """Raise EpochscopeError with what to do if the backend cannot run with this config."""
 
     def build_launch(self, config: RunConfig, trial: Trial, resume: ResumePoint | None,
-                     target_steps: int | None) -> LaunchSpec:
-        """The command to run. ``target_steps``: absolute total step count to stop at, if set."""
+                     target_steps: int | None, target_epochs: int | None = None) -> LaunchSpec:
+        """The command to run. ``target_steps``/``target_epochs``: absolute totals to stop at, if set
+        (the supervisor turns ``--steps N`` after a resume into resume.step + N)."""
 
     def find_resume_point(self, config: RunConfig, trial: Trial) -> ResumePoint | None:
         """The newest complete training state in the trial folder, or None."""

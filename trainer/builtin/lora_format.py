@@ -1,0 +1,75 @@
+"""peft LoRA weights <-> the kohya/sd-scripts LoRA file format that WebUI, ComfyUI and diffusers read.
+
+kohya keys: ``lora_unet_<module path, dots as underscores>.lora_down.weight`` (peft's lora_A),
+``.lora_up.weight`` (lora_B) and ``.alpha`` (a scalar); the text encoder uses ``lora_te_``.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+
+
+def kohya_key(prefix: str, module_path: str) -> str:
+    return f"{prefix}_{module_path.replace('.', '_')}"
+
+
+def to_kohya(peft_state: dict[str, torch.Tensor], prefix: str, alpha: float) -> dict[str, torch.Tensor]:
+    """Convert ``get_peft_model_state_dict`` output (``<path>.lora_A.weight``...) to kohya keys."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in peft_state.items():
+        for peft_part, kohya_part in ((".lora_A.weight", "lora_down.weight"), (".lora_B.weight", "lora_up.weight")):
+            if key.endswith(peft_part):
+                module = key[: -len(peft_part)]
+                base = kohya_key(prefix, module)
+                out[f"{base}.{kohya_part}"] = tensor.detach().to("cpu", torch.float32).contiguous()
+                out[f"{base}.alpha"] = torch.tensor(float(alpha))
+                break
+        else:
+            raise ValueError(f"unexpected LoRA key {key!r}")
+    return out
+
+
+def sd_scripts_metadata(*, output_name: str, epoch: int, step: int, num_epochs: int, dim: int, alpha: float,
+                        learning_rate: float, started_at: datetime, resolution: int, train_text_encoder: bool,
+                        seed: int, num_train_images: int) -> dict[str, str]:
+    """The ``ss_*`` metadata sd-scripts writes (the subset tools read), as strings."""
+    return {
+        "ss_output_name": output_name,
+        "ss_epoch": str(epoch),
+        "ss_steps": str(step),
+        "ss_num_epochs": str(num_epochs),
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(dim),
+        "ss_network_alpha": str(alpha),
+        "ss_learning_rate": str(learning_rate),
+        "ss_base_model_version": "sd_v1",
+        "ss_training_started_at": str(started_at.replace(tzinfo=timezone.utc).timestamp()),
+        "ss_training_finished_at": str(datetime.now(timezone.utc).timestamp()),
+        "ss_resolution": f"({resolution}, {resolution})",
+        "ss_network_train_unet_only": str(not train_text_encoder),
+        "ss_seed": str(seed),
+        "ss_num_train_images": str(num_train_images),
+        "sshs_model_hash": "",
+        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
+        "modelspec.title": output_name,
+        "epochscope.trainer": "builtin",
+    }
+
+
+def save_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    """Write to a hidden temp name in the same folder, fsync, then rename: watchers never see half a file."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

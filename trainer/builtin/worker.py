@@ -1,0 +1,281 @@
+"""The built-in backend's training process (started by the supervisor, never by users).
+
+``python -m trainer.builtin.worker --params TRIAL/params.json [--resume STATE] [--target-steps N]
+[--target-epochs N]``. SIGINT means: finish the current optimizer step, save a checkpoint and its
+state, exit 0. Noise and timesteps come from a generator seeded by (seed, step), and batches from
+(seed, epoch), so a resumed run is step-for-step the run it continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from shared.errors import EpochscopeError
+from shared.jsonio import read_model
+from shared.naming import epoch_stem, step_stem
+from shared.records import Params
+from shared.trial import Trial
+from trainer.builtin import dataset as ds
+from trainer.builtin.events import emit, fail, say
+
+
+class _StopFlag:
+    requested = False
+
+    def __call__(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        self.requested = True
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise EpochscopeError(f"training.device {name!r} is not a torch device (auto, cpu, cuda, cuda:1)") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trainer.builtin.worker")
+    parser.add_argument("--params", type=Path, required=True)
+    parser.add_argument("--resume", type=Path)
+    parser.add_argument("--target-steps", type=int)
+    parser.add_argument("--target-epochs", type=int)
+    args = parser.parse_args(argv)
+    stop = _StopFlag()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        params = read_model(args.params, Params)
+        return train(params, Trial(args.params.parent), args.resume, args.target_steps, args.target_epochs, stop)
+    except EpochscopeError as e:
+        return fail(str(e))
+
+
+def train(params: Params, trial: Trial, resume: Path | None, target_steps: int | None,
+          target_epochs: int | None, stop: _StopFlag) -> int:
+    import torch
+    import torch.nn.functional as F
+    from diffusers.optimization import get_scheduler
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    from trainer.builtin import lora_format, state
+    from trainer.builtin.models import load_components
+
+    cfg = params.config
+    tc, net = cfg.training, cfg.network
+    device = pick_device(tc.device)
+    if tc.train_batch_size < 1 or cfg.dataset.train_dir is None:
+        raise EpochscopeError("dataset.train_dir is required for the builtin backend")
+    from shared.demo_assets import resolve_demo
+
+    items = ds.scan(resolve_demo(cfg.dataset.train_dir), cfg.dataset.caption_extension,
+                    cfg.dataset.repeats_override)
+    say(f"dataset: {len(items)} images, {sum(i.repeats for i in items)} samples per epoch (with repeats)")
+    images = [ds.load_image(item.image, cfg.dataset.resolution) for item in items]
+
+    torch.manual_seed(tc.seed)
+    comp = load_components(cfg.model.base)
+    use_amp = device.type == "cuda" and tc.mixed_precision != "no"
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(tc.mixed_precision, torch.float32)
+    weight_dtype = amp_dtype if use_amp else torch.float32
+    for module in (comp.unet, comp.text_encoder, comp.vae):
+        module.requires_grad_(False)
+        module.to(device, dtype=weight_dtype)
+    comp.unet.add_adapter(LoraConfig(r=net.dim, lora_alpha=net.alpha, lora_dropout=net.dropout,
+                                     target_modules=lora_format.UNET_TARGETS))
+    if net.train_text_encoder:
+        comp.text_encoder.add_adapter(LoraConfig(r=net.dim, lora_alpha=net.alpha, lora_dropout=net.dropout,
+                                                 target_modules=lora_format.TEXT_ENCODER_TARGETS))
+    for module in (comp.unet, comp.text_encoder):
+        for p in module.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()  # LoRA weights train in fp32 under autocast
+    if tc.gradient_checkpointing:
+        comp.unet.enable_gradient_checkpointing()
+    unet_params = [p for p in comp.unet.parameters() if p.requires_grad]
+    te_params = [p for p in comp.text_encoder.parameters() if p.requires_grad]
+    groups = [{"params": unet_params, "lr": tc.learning_rate}]
+    if te_params:
+        groups.append({"params": te_params, "lr": tc.text_encoder_lr or tc.learning_rate})
+    opt_name = tc.optimizer.lower()
+    if opt_name == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=tc.learning_rate, weight_decay=1e-2)
+    elif opt_name == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=tc.learning_rate)
+    else:
+        raise EpochscopeError(f"training.optimizer {tc.optimizer!r} is not supported by the builtin backend "
+                              "(AdamW or SGD); sd-scripts supports more")
+
+    samples_per_epoch = sum(i.repeats for i in items)
+    batches_per_epoch = math.ceil(samples_per_epoch / tc.train_batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / tc.gradient_accumulation_steps)
+    if target_steps is None and target_epochs is None:
+        target_steps = tc.max_train_steps
+        target_epochs = None if target_steps else tc.max_train_epochs
+    if target_steps is not None:
+        total_steps = target_steps
+        total_epochs = math.ceil(total_steps / steps_per_epoch)
+    else:
+        total_epochs = int(target_epochs)
+        total_steps = total_epochs * steps_per_epoch
+    lr_scheduler = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=tc.lr_warmup_steps,
+                                 num_training_steps=total_steps)
+
+    global_step = 0
+    if resume is not None:
+        counters = state.read_counters(resume)
+        if counters is None:
+            raise EpochscopeError(f"{resume} is not a complete training state of the builtin backend")
+        if counters.steps_per_epoch != steps_per_epoch:
+            raise EpochscopeError(f"{resume}: the dataset or batch size changed since this state was saved "
+                                  f"({counters.steps_per_epoch} steps per epoch then, {steps_per_epoch} now)")
+        weights = state.load_state(resume, optimizer, lr_scheduler)
+        unet_w = {k[len("unet."):]: v for k, v in weights.items() if k.startswith("unet.")}
+        te_w = {k[len("te."):]: v for k, v in weights.items() if k.startswith("te.")}
+        set_peft_model_state_dict(comp.unet, unet_w)
+        if te_w:
+            set_peft_model_state_dict(comp.text_encoder, te_w)
+        global_step = counters.step
+        for g in optimizer.param_groups:  # a changed schedule length applies from here on
+            g.setdefault("initial_lr", g["lr"])
+        say(f"resumed from {resume} at step {global_step}")
+    emit("totals", total_steps=total_steps, total_epochs=total_epochs, steps_per_epoch=steps_per_epoch)
+    say(f"total optimization steps: {total_steps} ({total_epochs} epochs x {steps_per_epoch} steps)")
+    if global_step >= total_steps:
+        say("nothing to do: the target step count is already reached")
+        return 0
+
+    started_at = params.created_at.astimezone(timezone.utc).replace(tzinfo=None)
+    tokenizer, text_encoder, vae, unet = comp.tokenizer, comp.text_encoder, comp.vae, comp.unet
+    sched = comp.noise_scheduler
+    scaling = getattr(vae.config, "scaling_factor", 0.18215)
+
+    def to_pixels(idx: list[int]):
+        arr = torch.from_numpy(__import__("numpy").stack([images[i] for i in idx])).permute(0, 3, 1, 2)
+        return (arr.float() / 127.5 - 1.0).to(device, dtype=weight_dtype)
+
+    latent_cache = None
+    if tc.cache_latents:
+        with torch.no_grad():
+            latent_cache = [vae.encode(to_pixels([i])).latent_dist.mode()[0] * scaling for i in range(len(items))]
+
+    def encode_text(idx: list[int]):
+        tokens = tokenizer([items[i].caption for i in idx], padding="max_length", truncation=True,
+                           max_length=tokenizer.model_max_length, return_tensors="pt").input_ids.to(device)
+        if cfg.model.clip_skip and cfg.model.clip_skip > 1:
+            out = text_encoder(tokens, output_hidden_states=True)
+            return text_encoder.text_model.final_layer_norm(out.hidden_states[-cfg.model.clip_skip])
+        return text_encoder(tokens)[0]
+
+    def loss_for(idx: list[int], gen: torch.Generator):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            if latent_cache is not None:
+                latents = torch.stack([latent_cache[i] for i in idx])
+            else:
+                with torch.no_grad():
+                    dist = vae.encode(to_pixels(idx)).latent_dist
+                    eps = torch.randn(dist.mean.shape, generator=gen).to(device, dist.mean.dtype)
+                    latents = (dist.mean + dist.std * eps) * scaling
+            noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
+            timesteps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(device)
+            noisy = sched.add_noise(latents, noise, timesteps)
+            with torch.set_grad_enabled(bool(te_params)):
+                hidden = encode_text(idx)
+            pred = unet(noisy, timesteps, hidden).sample
+            if sched.config.prediction_type == "v_prediction":
+                target = sched.get_velocity(latents, noise, timesteps)
+            else:
+                target = noise
+        return F.mse_loss(pred.float(), target.float())
+
+    trainable = unet_params + te_params
+
+    def save(stem: str, epoch: int) -> None:
+        unet_sd = get_peft_model_state_dict(unet)
+        tensors = lora_format.to_kohya(unet_sd, "lora_unet", net.alpha)
+        weights = {f"unet.{k}": v for k, v in unet_sd.items()}
+        if te_params:
+            te_sd = get_peft_model_state_dict(text_encoder)
+            tensors.update(lora_format.to_kohya(te_sd, "lora_te", net.alpha))
+            weights.update({f"te.{k}": v for k, v in te_sd.items()})
+        meta = lora_format.sd_scripts_metadata(
+            output_name=cfg.output.name, epoch=epoch, step=global_step, num_epochs=total_epochs, dim=net.dim,
+            alpha=net.alpha, learning_rate=tc.learning_rate, started_at=started_at, resolution=cfg.dataset.resolution,
+            train_text_encoder=net.train_text_encoder, seed=tc.seed, num_train_images=samples_per_epoch)
+        path = trial.checkpoint_path(stem)
+        say(f"saving checkpoint: {path}")
+        if tc.save_state:
+            counters = state.Counters(step=global_step, epoch=epoch, total_steps=total_steps, total_epochs=total_epochs,
+                                      steps_per_epoch=steps_per_epoch, seed=tc.seed, output_name=cfg.output.name)
+            state.save_state(trial.state_dir(stem), counters, weights, optimizer, lr_scheduler)
+        lora_format.save_atomic(tensors, meta, path)
+        emit("checkpoint", path=str(path), epoch=epoch, step=global_step)
+
+    unet.train()
+    losses: list[float] = []
+    t0 = time.monotonic()
+    epoch_index = global_step // steps_per_epoch
+    while epoch_index < total_epochs and global_step < total_steps:
+        epoch = epoch_index + 1
+        emit("epoch", epoch=epoch, total_epochs=total_epochs)
+        say(f"epoch {epoch}/{total_epochs}")
+        order = ds.epoch_order(items, tc.seed, epoch)
+        batches = [order[i:i + tc.train_batch_size] for i in range(0, len(order), tc.train_batch_size)]
+        first = global_step - epoch_index * steps_per_epoch
+        for s in range(first, steps_per_epoch):
+            if global_step >= total_steps:
+                break
+            group = batches[s * tc.gradient_accumulation_steps:(s + 1) * tc.gradient_accumulation_steps]
+            gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + global_step)
+            step_loss = 0.0
+            for idx in group:
+                loss = loss_for(idx, gen) / len(group)
+                loss.backward()
+                step_loss += float(loss.detach())
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+            losses.append(step_loss)
+            window = losses[-steps_per_epoch:]
+            emit("progress", step=global_step, total_steps=total_steps, epoch=epoch, loss=step_loss,
+                 avg_loss=sum(window) / len(window), lr=lr_scheduler.get_last_lr()[0],
+                 elapsed=time.monotonic() - t0)
+            if not math.isfinite(step_loss):
+                say(f"warning: loss is {step_loss} at step {global_step}")
+            epoch_done = s == steps_per_epoch - 1
+            if stop.requested:
+                # A step that also ends the epoch is saved under the epoch's name.
+                done_epoch = epoch if epoch_done else epoch - 1
+                final = global_step >= total_steps
+                stem = cfg.output.name if final else (epoch_stem(cfg.output.name, epoch) if epoch_done
+                                                      else step_stem(cfg.output.name, global_step))
+                save(stem, done_epoch if epoch_done or final else epoch)
+                say(f"stopped on request at step {global_step}")
+                emit("stopped", step=global_step)
+                return 0
+            n_steps = tc.save_every_n_steps
+            if n_steps and global_step % n_steps == 0 and global_step < total_steps:
+                save(step_stem(cfg.output.name, global_step), epoch)
+        epoch_index += 1
+        n_ep = tc.save_every_n_epochs
+        if n_ep and epoch % n_ep == 0 and epoch < total_epochs and global_step < total_steps:
+            save(epoch_stem(cfg.output.name, epoch), epoch)
+    save(cfg.output.name, min(epoch_index, total_epochs))
+    say(f"training finished: {global_step} steps")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

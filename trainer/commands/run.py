@@ -1,0 +1,168 @@
+"""Train a LoRA from a TOML config, saving sd-scripts-style checkpoints into the trial folder.
+
+Examples:
+  python -m trainer run --config configs/demo.toml --new
+  python -m trainer run --config x.toml --continue --steps 200    # 200 more steps
+  python -m trainer run --config x.toml --dry-run                 # print the backend command
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from shared.config import RunConfig, load_config
+from shared.errors import EpochscopeError
+from shared.jsonio import write_model
+from shared.records import Params, SweepInfo
+from shared.trial import Trial
+from trainer.backends import get_backend
+from trainer.outputs import back_up_previous_run, consume_stale_stop_request, previous_run_files
+from trainer.provenance import git_commit, package_versions
+from trainer.reporting import Console, StatusFile
+from trainer.supervisor import StopPolicy, Supervisor, continue_targets, new_status
+
+SWEEP_INFO_ENV = "EPOCHSCOPE_SWEEP_INFO"  # set by `trainer sweep` for the trials it starts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="run config (TOML)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--new", action="store_true",
+                      help="start over; an existing LoRA in the folder is moved to backup/<time>/, never overwritten")
+    mode.add_argument("--continue", dest="cont", action="store_true",
+                      help="resume from the newest complete training state")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="train N steps (with --continue: N more steps)")
+    length.add_argument("--epochs", type=int, help="train N epochs (with --continue: N more epochs)")
+    parser.add_argument("--output-dir", type=Path, help="trial folder (overrides output.dir)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set training.learning_rate=1e-4 (TOML value syntax)")
+    parser.add_argument("--dry-run", action="store_true", help="print the backend command and exit")
+    parser.add_argument("--stop-timeout", type=float, default=10.0,
+                        help="seconds between SIGINT, SIGTERM and SIGKILL for backends that do not save on SIGINT")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    import tomllib
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise EpochscopeError(f"--set {item!r}: expected KEY=VALUE, e.g. training.learning_rate=1e-4")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw  # a bare string
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.steps is not None and args.steps < 1) or (args.epochs is not None and args.epochs < 1):
+        raise EpochscopeError("--steps and --epochs must be at least 1")
+    overrides = parse_overrides(args.set)
+    if args.output_dir:
+        overrides["output.dir"] = str(args.output_dir.resolve())
+    config = load_config(args.config, overrides)
+    trial = Trial(config.output.dir)
+    backend = get_backend(config.training.backend)
+    if args.dry_run:
+        return _dry_run(config, trial, backend, args)
+
+    _ensure_writable(trial.root)
+    status = StatusFile(trial, new_status(backend.name))
+    try:
+        resume = _prepare_folder(config, trial, backend, args)
+        backend.check(config)
+        target_steps, target_epochs = continue_targets(resume, args.steps, args.epochs)
+        spec = backend.build_launch(config, trial, resume, target_steps, target_epochs)
+        params = Params(trial_name=trial.name, backend=backend.name, config=config,
+                        command=spec.argv if backend.name != "builtin" else None,
+                        versions={**package_versions(), **backend.versions(config)},
+                        git_commit=git_commit(Path(__file__).parent), sweep=_sweep_info())
+        if backend.name == "sd-scripts":
+            params.sd_scripts_commit = backend.versions(config).get("sd_scripts_commit")
+        write_model(trial.params_path, params)
+        if resume is not None:
+            status.update(step=resume.step, epoch=resume.epoch)
+        status.flush(force=True)
+    except EpochscopeError as e:
+        status.update(state="failed", exit_code=2, message=str(e))
+        status.flush(force=True)
+        raise
+
+    console = Console()
+    console.message(f"trial {trial.root} ({backend.name} backend)"
+                    + (f", resuming at step {resume.step}" if resume else ""))
+    supervisor = Supervisor(backend, trial, status, config.output.name, console,
+                            StopPolicy(args.stop_timeout, args.stop_timeout), resume)
+    with open(trial.log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ {spec.printable()}\n")
+        log.flush()
+        outcome = supervisor.run(spec, log)
+    status.update(state=outcome.state, exit_code=outcome.exit_code, message=outcome.message,
+                  last_checkpoint=outcome.last_checkpoint or status.status.last_checkpoint, eta_seconds=None)
+    status.flush(force=True)
+    line = f"{outcome.state}: {outcome.message}"
+    if outcome.last_checkpoint:
+        line += f" (last checkpoint {outcome.last_checkpoint})"
+    print(line, file=sys.stderr if outcome.state == "failed" else sys.stdout, flush=True)
+    return outcome.exit_code
+
+
+def _ensure_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise EpochscopeError(f"output.dir {folder} is not writable: {e.strerror}") from None
+
+
+def _prepare_folder(config: RunConfig, trial: Trial, backend, args):
+    previous = previous_run_files(trial, config.output.name)
+    resume = None
+    if args.cont:
+        resume = backend.find_resume_point(config, trial)
+        if resume is None:
+            raise EpochscopeError(f"--continue: no complete training state in {trial.root} "
+                                  "(nothing to resume); start with --new")
+    elif args.new:
+        backup = back_up_previous_run(trial, config.output.name)
+        if backup is not None:
+            print(f"moved the previous run's files to {backup}", flush=True)
+    elif previous:
+        raise EpochscopeError(f"{trial.root} already has checkpoints of '{config.output.name}' "
+                              f"({previous[0].name}, ...): pass --continue to resume or --new to start over "
+                              "(the old files are moved to backup/)")
+    stale = consume_stale_stop_request(trial)
+    if stale is not None:
+        print(f"an old stop request was set aside as {stale.name}", flush=True)
+    return resume
+
+
+def _sweep_info() -> SweepInfo | None:
+    raw = os.environ.get(SWEEP_INFO_ENV)
+    if not raw:
+        return None
+    try:
+        return SweepInfo.model_validate(json.loads(raw))
+    except ValueError as e:
+        raise EpochscopeError(f"${SWEEP_INFO_ENV} is not valid sweep info: {e}") from None
+
+
+def _dry_run(config: RunConfig, trial: Trial, backend, args) -> int:
+    try:
+        backend.check(config)
+    except EpochscopeError as e:
+        print(f"warning: {e}", file=sys.stderr)
+    resume = backend.find_resume_point(config, trial) if args.cont else None
+    target_steps, target_epochs = continue_targets(resume, args.steps, args.epochs)
+    spec = backend.build_launch(config, trial, resume, target_steps, target_epochs)
+    print(spec.printable())
+    return 0

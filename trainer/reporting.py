@@ -1,0 +1,108 @@
+"""Where training progress goes: trainer_status.json (atomic, heartbeat), training.log, TensorBoard,
+and the console (a rich bar on a terminal, plain lines otherwise)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from shared.jsonio import write_model
+from shared.records import TrainerStatus, utcnow
+from shared.trial import Trial
+
+HEARTBEAT_S = 5.0
+
+
+class StatusFile:
+    """The trainer's status, rewritten on every change and at least every HEARTBEAT_S seconds."""
+
+    def __init__(self, trial: Trial, status: TrainerStatus, clock=time.monotonic) -> None:
+        self.trial = trial
+        self.status = status
+        self._clock = clock
+        self._last_write = -1e9
+        self._dirty = True
+
+    def update(self, **fields) -> None:
+        for k, v in fields.items():
+            if getattr(self.status, k) != v:
+                setattr(self.status, k, v)
+                self._dirty = True
+
+    def flush(self, force: bool = False) -> None:
+        now = self._clock()
+        if force or self._dirty or now - self._last_write >= HEARTBEAT_S:
+            self.status.updated_at = utcnow()
+            write_model(self.trial.status_path, self.status)
+            self._last_write = now
+            self._dirty = False
+
+
+class TensorBoardScalars:
+    """loss/current, loss/average and lr against the global step, in the trial's logs/trainer/."""
+
+    def __init__(self, logs_dir: Path) -> None:
+        self._writer = None
+        self._dir = logs_dir / "trainer"
+
+    def add(self, step: int, loss: float | None, avg_loss: float | None, lr: float | None) -> None:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self._dir))
+        for tag, value in (("loss/current", loss), ("loss/average", avg_loss), ("lr", lr)):
+            if value is not None:
+                self._writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+
+
+class Console:
+    """A rich progress bar on a TTY; otherwise a plain line at most every few seconds."""
+
+    def __init__(self, stream: TextIO = sys.stderr, plain_interval_s: float = 5.0) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._interval = plain_interval_s
+        self._last = 0.0
+        self._progress = None
+        self._task = None
+
+    def start(self) -> None:
+        if self._tty:
+            from rich.console import Console as RichConsole
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("[bold]train[/] {task.fields[info]}"), BarColumn(),
+                                      MofNCompleteColumn(), TimeRemainingColumn(),
+                                      console=RichConsole(file=self._stream), transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=None, info="")
+
+    def show(self, status: TrainerStatus) -> None:
+        info = f"epoch {status.epoch}/{status.total_epochs or '?'}"
+        if status.avg_loss is not None:
+            info += f" loss {status.avg_loss:.4f}"
+        if self._progress is not None:
+            self._progress.update(self._task, completed=status.step, total=status.total_steps, info=info)
+            return
+        now = time.monotonic()
+        if now - self._last >= self._interval or (status.total_steps and status.step >= status.total_steps):
+            self._last = now
+            eta = f" eta {status.eta_seconds:.0f}s" if status.eta_seconds is not None else ""
+            print(f"step {status.step}/{status.total_steps or '?'} {info}{eta}", file=self._stream, flush=True)
+
+    def message(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(text)
+        else:
+            print(text, file=self._stream, flush=True)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()

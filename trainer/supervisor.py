@@ -1,0 +1,310 @@
+"""Runs a backend's command and watches it: status, log, TensorBoard, stop requests and signals.
+
+The child runs in its own process group. A stop request (stop_request.json) or the first
+SIGINT/SIGTERM asks it to stop: a graceful backend gets SIGINT and saves; sd-scripts gets SIGINT,
+then SIGTERM, then SIGKILL, and we record the last complete checkpoint ourselves. A second SIGINT
+kills the group at once. No path leaves a process running.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.jsonio import read_model_or_none
+from shared.errors import FileFormatError
+from shared.records import StopRequest, TrainerStatus
+from shared.safetensors_info import inspect
+from shared.trial import Trial
+from trainer.backends.base import (
+    Backend,
+    BackendError,
+    CheckpointSaved,
+    EpochStarted,
+    LaunchSpec,
+    Progress,
+    ResumePoint,
+    Totals,
+)
+from trainer.reporting import Console, StatusFile, TensorBoardScalars
+
+POLL_S = 0.5
+
+
+@dataclass
+class StopPolicy:
+    """How long to wait at each escalation step for a backend that does not save on SIGINT."""
+
+    sigint_wait_s: float = 10.0
+    sigterm_wait_s: float = 10.0
+
+
+@dataclass
+class Outcome:
+    state: str
+    exit_code: int
+    message: str = ""
+    last_checkpoint: str | None = None
+
+
+@dataclass
+class _Stopping:
+    reason: str | None = None  # "request" or "signal"
+    detail: str = ""
+    since: float = 0.0
+    signals: list[int] = field(default_factory=list)
+
+
+def step_with_offset(reported: int, resume: ResumePoint | None, restarts: bool) -> int:
+    """The true global step of a backend's reported step (sd-scripts restarts its counter on resume)."""
+    return reported + (resume.step if (resume is not None and restarts) else 0)
+
+
+def continue_targets(resume: ResumePoint | None, more_steps: int | None,
+                     more_epochs: int | None) -> tuple[int | None, int | None]:
+    """``--steps N``/``--epochs N`` mean N more than the resume point (or N in all for a new run)."""
+    base_step = resume.step if resume else 0
+    base_epoch = resume.epoch if resume else 0
+    return (base_step + more_steps if more_steps is not None else None,
+            base_epoch + more_epochs if more_epochs is not None else None)
+
+
+class Supervisor:
+    def __init__(self, backend: Backend, trial: Trial, status: StatusFile, output_name: str,
+                 console: Console | None = None, policy: StopPolicy | None = None,
+                 resume: ResumePoint | None = None) -> None:
+        self.backend = backend
+        self.trial = trial
+        self.status = status
+        self.output_name = output_name
+        self.console = console or Console()
+        self.policy = policy or StopPolicy()
+        self.resume = resume
+        self._stopping = _Stopping()
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._last_error = ""
+        self._saved: list[Path] = []
+        self._t0 = time.monotonic()
+        self._first_step: tuple[int, float] | None = None
+
+    # ---------------------------------------------------------------- signals
+
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        self._stopping.signals.append(signum)
+        if self._stopping.reason is None:
+            self._stopping = _Stopping("signal", f"signal {signal.Signals(signum).name}", time.monotonic(),
+                                       self._stopping.signals)
+
+    # ---------------------------------------------------------------- main loop
+
+    def run(self, spec: LaunchSpec, log_file) -> Outcome:
+        env = {**os.environ, **spec.env}
+        proc = subprocess.Popen(spec.argv, env=env, cwd=spec.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        pgid = os.getpgid(proc.pid)
+        self.status.update(state="running", pgid=pgid)
+        self.status.flush(force=True)
+        readers = [threading.Thread(target=self._pump, args=(s,), daemon=True) for s in (proc.stdout, proc.stderr)]
+        for t in readers:
+            t.start()
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.console.start()
+        sent: set[str] = set()
+        try:
+            open_streams = 2
+            while True:
+                try:
+                    line = self._lines.get(timeout=POLL_S)
+                except queue.Empty:
+                    line = ""
+                if line is None:
+                    open_streams -= 1
+                elif line:
+                    log_file.write(line + "\n")
+                    self._handle(line)
+                if self._stopping.reason is None:
+                    self._check_stop_request()
+                if self._stopping.reason is not None:
+                    self._escalate(pgid, sent)
+                self.status.flush()
+                if open_streams <= 0 and proc.poll() is not None:
+                    break
+                if proc.poll() is not None and self._lines.empty():
+                    # Streams may stay open if a grandchild inherited them; give them a moment.
+                    deadline = time.monotonic() + 2.0
+                    while open_streams > 0 and time.monotonic() < deadline:
+                        try:
+                            item = self._lines.get(timeout=0.2)
+                        except queue.Empty:
+                            continue
+                        if item is None:
+                            open_streams -= 1
+                        else:
+                            log_file.write(item + "\n")
+                            self._handle(item)
+                    break
+            log_file.flush()
+        finally:
+            self.console.stop()
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            self._kill_group(pgid)
+        return self._outcome(proc.returncode)
+
+    def _pump(self, stream) -> None:
+        buf = b""
+        for chunk in iter(lambda: stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536), b""):
+            buf += chunk
+            parts = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+            buf = parts.pop()
+            for part in parts:
+                text = part.decode("utf-8", "replace").rstrip()
+                if text:
+                    self._lines.put(text)
+        if buf.strip():
+            self._lines.put(buf.decode("utf-8", "replace").rstrip())
+        self._lines.put(None)
+
+    def _handle(self, line: str) -> None:
+        restarts = self.backend.step_counter_restarts_on_resume
+        for event in self.backend.parse_line(line):
+            st = self.status.status
+            if isinstance(event, Progress):
+                step = step_with_offset(event.step, self.resume, restarts)
+                total = event.total_steps
+                if total is not None:
+                    total = step_with_offset(total, self.resume, restarts)
+                now = time.monotonic()
+                if self._first_step is None:
+                    self._first_step = (step - 1, now - 1e-9)
+                s0, t0 = self._first_step
+                rate = (step - s0) / max(now - t0, 1e-9) if step > s0 else None
+                total = total or st.total_steps
+                eta = (total - step) / rate if rate and total else None
+                self.status.update(step=step, total_steps=total, loss=_finite(event.loss),
+                                   avg_loss=_finite(event.avg_loss), lr=event.lr, steps_per_second=rate,
+                                   eta_seconds=eta)
+                self._tb().add(step, _finite(event.loss), _finite(event.avg_loss), event.lr)
+                self.console.show(self.status.status)
+            elif isinstance(event, EpochStarted):
+                offset = self.resume.epoch if (self.resume and restarts) else 0
+                self.status.update(epoch=event.epoch + offset,
+                                   total_epochs=(event.total_epochs + offset) if event.total_epochs else st.total_epochs)
+            elif isinstance(event, Totals):
+                offset = self.resume.step if (self.resume and restarts) else 0
+                if event.total_steps is not None:
+                    self.status.update(total_steps=event.total_steps + offset)
+                if event.total_epochs is not None:
+                    eoff = self.resume.epoch if (self.resume and restarts) else 0
+                    self.status.update(total_epochs=event.total_epochs + eoff)
+            elif isinstance(event, CheckpointSaved):
+                self._saved.append(event.path)
+                if inspect(self.trial.root / event.path.name).is_complete:
+                    self.status.update(last_checkpoint=event.path.name)
+                self.console.message(f"checkpoint saved: {event.path.name}")
+            elif isinstance(event, BackendError):
+                self._last_error = event.message
+                self.status.update(message=event.message)
+
+    _tb_writer: TensorBoardScalars | None = None
+
+    def _tb(self) -> TensorBoardScalars:
+        if self._tb_writer is None:
+            self._tb_writer = TensorBoardScalars(self.trial.logs_dir)
+        return self._tb_writer
+
+    def _check_stop_request(self) -> None:
+        try:
+            req = read_model_or_none(self.trial.stop_request_path, StopRequest)
+        except FileFormatError as e:
+            self.console.message(f"ignoring unreadable stop request: {e}")
+            return
+        if req is not None:
+            detail = f"{req.reason} (requested by {req.requested_by})"
+            if req.best_checkpoint:
+                detail += f"; best checkpoint {req.best_checkpoint}"
+            self._stopping = _Stopping("request", detail, time.monotonic(), self._stopping.signals)
+            self.console.message(f"stop requested: {detail}")
+
+    def _escalate(self, pgid: int, sent: set[str]) -> None:
+        sigints = sum(1 for s in self._stopping.signals if s == signal.SIGINT)
+        if sigints >= 2 and "kill" not in sent:
+            self.console.message("second Ctrl-C: stopping at once")
+            self._send(pgid, signal.SIGKILL)
+            sent.add("kill")
+            return
+        elapsed = time.monotonic() - self._stopping.since
+        if "int" not in sent:
+            self._send(pgid, signal.SIGINT)
+            sent.add("int")
+            self.status.update(message=f"stopping: {self._stopping.detail}")
+        elif not self.backend.graceful_sigint:
+            if "term" not in sent and elapsed >= self.policy.sigint_wait_s:
+                self._send(pgid, signal.SIGTERM)
+                sent.add("term")
+            elif "kill" not in sent and elapsed >= self.policy.sigint_wait_s + self.policy.sigterm_wait_s:
+                self._send(pgid, signal.SIGKILL)
+                sent.add("kill")
+
+    @staticmethod
+    def _send(pgid: int, sig: int) -> None:
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _kill_group(self, pgid: int) -> None:
+        """Whatever the child left behind in its group goes too."""
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        self._send(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        self._send(pgid, signal.SIGKILL)
+
+    def last_complete_checkpoint(self) -> str | None:
+        for path in reversed(self._saved):
+            local = self.trial.root / path.name
+            if inspect(local).is_complete:
+                return local.name
+        done = self.trial.checkpoints(self.output_name)
+        if not done:
+            return None
+        return max(done, key=lambda c: c.path.stat().st_mtime_ns).path.name
+
+    def _outcome(self, returncode: int) -> Outcome:
+        if self._tb_writer is not None:
+            self._tb_writer.close()
+        last = self.last_complete_checkpoint()
+        how = self._stopping.reason
+        if how == "request" and (returncode == 0 or not self.backend.graceful_sigint):
+            return Outcome("stopped_early", 0, f"stopped early: {self._stopping.detail}", last)
+        if how == "signal" and (returncode == 0 or not self.backend.graceful_sigint or returncode < 0):
+            return Outcome("stopped", 130, f"stopped by {self._stopping.detail}", last)
+        if returncode == 0:
+            return Outcome("finished", 0, "training finished", last)
+        message = self._last_error or f"backend exited with code {returncode}"
+        return Outcome("failed", 2 if returncode == 2 else 1, message, last)
+
+
+def _finite(x: float | None) -> float | None:
+    import math
+
+    return x if x is not None and math.isfinite(x) else None
+
+
+def new_status(backend: str) -> TrainerStatus:
+    return TrainerStatus(state="starting", backend=backend, pid=os.getpid())
