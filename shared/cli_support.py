@@ -40,11 +40,22 @@ def run_command(func: Command, args: argparse.Namespace, prog: str) -> int:
 
 
 def setup_logging(debug: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+    """Our own loggers (``epochscope.*``) at INFO; libraries (open_clip logs to the root) at WARNING."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("epochscope").setLevel(logging.DEBUG if debug else logging.INFO)
     if not debug:
-        for noisy in ("diffusers", "transformers", "urllib3", "PIL", "matplotlib", "filelock", "watchdog"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+        try:
+            from diffusers.utils import logging as dlog
+
+            dlog.disable_progress_bar()
+            dlog.set_verbosity_error()
+            from transformers.utils import logging as tlog
+
+            tlog.disable_progress_bar()
+            tlog.set_verbosity_error()
+        except ImportError:
+            pass
 
 
 def build_parser(prog: str, description: str, commands: dict[str, str]) -> tuple[argparse.ArgumentParser, dict]:

@@ -1,0 +1,46 @@
+"""Filesystem events only wake the daemon; what to do is decided by scanning the folders.
+
+watchdog handlers never touch the disk themselves: they set an event when a ``.safetensors`` file or
+a ``params.json`` is created, moved or modified. A periodic rescan covers missed events, and
+``--polling`` swaps in watchdog's PollingObserver for network filesystems.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
+INTERESTING_SUFFIXES = (".safetensors",)
+INTERESTING_NAMES = ("params.json", "trainer_status.json")
+
+
+class WakeOnCheckpoint(FileSystemEventHandler):
+    def __init__(self, wake: threading.Event) -> None:
+        self.wake = wake
+        self.events = 0
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        for p in (event.src_path, getattr(event, "dest_path", "") or ""):
+            name = Path(str(p)).name
+            if name.endswith(INTERESTING_SUFFIXES) or name in INTERESTING_NAMES:
+                self.events += 1
+                self.wake.set()
+                return
+
+
+def start_observer(root: Path, wake: threading.Event, polling: bool, poll_interval: float = 1.0):
+    """A running observer watching ``root`` recursively."""
+    if polling:
+        from watchdog.observers.polling import PollingObserver
+
+        observer = PollingObserver(timeout=poll_interval)
+    else:
+        from watchdog.observers import Observer
+
+        observer = Observer()
+    observer.schedule(WakeOnCheckpoint(wake), str(root), recursive=True)
+    observer.daemon = True
+    observer.start()
+    return observer
