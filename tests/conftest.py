@@ -33,3 +33,73 @@ def python_exe() -> str:
 def artifacts_dir() -> Path:
     ARTIFACTS_DIR.mkdir(exist_ok=True)
     return ARTIFACTS_DIR
+
+
+DEMO_TOML = """
+[model]
+base = "demo:tiny"
+[dataset]
+train_dir = "demo:dataset/train"
+validation_dir = "demo:dataset/validation"
+resolution = 64
+[network]
+dim = 4
+alpha = 4.0
+[training]
+max_train_epochs = {epochs}
+save_every_n_epochs = 1
+train_batch_size = 4
+learning_rate = {lr}
+seed = 42
+[output]
+dir = "{out}"
+name = "lora"
+[evaluation]
+prompts = ["a red circle on a blue background, sks style", "a yellow square on a green background, sks style"]
+num_samples = {samples}
+steps = {steps}
+clip_model = "demo:tiny-clip"
+"""
+
+
+def write_demo_config(path: Path, out: Path, epochs: int = 3, lr: float = 5e-3, samples: int = 4,
+                      steps: int = 4, extra: str = "") -> Path:
+    """A small demo config: 4 optimizer steps per epoch at 64 px."""
+    path.write_text(DEMO_TOML.format(epochs=epochs, lr=lr, out=out, samples=samples, steps=steps) + extra)
+    return path
+
+
+def run_cli(module: str, *args: str, timeout: float = 600, check: bool = True, **kw):
+    """Run ``python -m trainer|evaluator ...`` for real, as a user would."""
+    import subprocess
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    out = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                         text=True, timeout=timeout, **kw)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{module} {' '.join(args)} exited {out.returncode}\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_trial(tmp_path_factory, demo_assets):
+    """A trial folder written by the real built-in trainer: lora-000001, lora-000002, lora (3 epochs)."""
+    from shared.trial import Trial
+
+    root = tmp_path_factory.mktemp("trained")
+    cfg = write_demo_config(root / "demo.toml", root / "trial_0001")
+    run_cli("trainer", "run", "--config", str(cfg), "--new")
+    return Trial(root / "trial_0001")
+
+
+def copy_trial(src, dest: Path, with_status: bool = True):
+    """A fresh copy of a trained trial's trainer outputs (no evaluations)."""
+    import shutil
+
+    from shared.trial import Trial
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in src.root.iterdir():
+        if p.suffix == ".safetensors" or p.name == "params.json" or (with_status and p.name == "trainer_status.json"):
+            shutil.copy2(p, dest / p.name)
+    return Trial(dest)

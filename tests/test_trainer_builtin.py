@@ -1,0 +1,235 @@
+"""The built-in trainer for real: checkpoints, metadata, status, resume, stop requests, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT, run_cli, write_demo_config
+from shared.jsonio import read_model, write_model
+from shared.records import Params, StopRequest, TrainerStatus
+from shared.safetensors_info import inspect
+from shared.trial import Trial
+
+pytestmark = pytest.mark.slow
+
+
+def test_three_epochs_names_metadata_status(trained_trial):
+    names = [c.path.name for c in trained_trial.checkpoints("lora")]
+    assert names == ["lora-000001.safetensors", "lora-000002.safetensors", "lora.safetensors"]
+    for ckpt, epoch in zip(trained_trial.checkpoints("lora"), (1, 2, 3)):
+        meta = ckpt.info.metadata
+        assert meta["ss_epoch"] == str(epoch) and meta["ss_steps"] == str(4 * epoch)
+        assert meta["ss_network_dim"] == "4" and float(meta["ss_network_alpha"]) == 4.0
+        assert meta["ss_output_name"] == "lora" and meta["ss_num_epochs"] == "3"
+        assert meta["ss_base_model_version"] == "sd_v1" and float(meta["ss_training_started_at"]) > 0
+        assert (trained_trial.root / f"{ckpt.stem}-state" / "train_state.json").exists()
+    status = read_model(trained_trial.status_path, TrainerStatus)
+    assert (status.state, status.step, status.total_steps, status.epoch, status.exit_code) == ("finished", 12, 12, 3, 0)
+    assert status.last_checkpoint == "lora.safetensors" and status.loss is not None
+    params = read_model(trained_trial.params_path, Params)
+    assert params.backend == "builtin" and "torch" in params.versions
+    assert any((trained_trial.logs_dir / "trainer").glob("events.out.tfevents.*"))
+    assert "epoch 3/3" in trained_trial.log_path.read_text()
+
+
+def test_kohya_keys_and_diffusers_accepts_every_file(trained_trial, demo_assets):
+    import numpy as np
+    from diffusers import StableDiffusionPipeline
+
+    sd = load_file(str(trained_trial.checkpoint_path("lora")))
+    assert all(k.startswith("lora_unet_") for k in sd)
+    assert {k.rsplit(".", 2)[-2] if k.endswith(".weight") else "alpha" for k in sd} == {"lora_down", "lora_up", "alpha"}
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in sd
+
+    pipe = StableDiffusionPipeline.from_pretrained(demo_assets.pipeline_dir, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+
+    def image():
+        return pipe("a red circle", num_inference_steps=2, height=64, width=64,
+                    generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+
+    base = image()
+    for ckpt in trained_trial.checkpoints("lora"):
+        pipe.load_lora_weights(str(ckpt.path), adapter_name=ckpt.stem.replace("-", "_"))
+        pipe.set_adapters([ckpt.stem.replace("-", "_")])
+        assert np.abs(image() - base).max() > 1e-4, f"{ckpt.stem} changed nothing"
+        pipe.unload_lora_weights()
+
+    # Fusing gives W + up @ down * alpha / rank.
+    module = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    w0 = module.weight.detach().clone()
+    pipe.load_lora_weights(str(trained_trial.checkpoint_path("lora")))
+    pipe.fuse_lora()
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    up, down, alpha = sd[f"{key}.lora_up.weight"], sd[f"{key}.lora_down.weight"], float(sd[f"{key}.alpha"])
+    expected = w0 + up @ down * alpha / down.shape[0]
+    fused = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    weight = getattr(fused, "base_layer", fused).weight
+    assert torch.allclose(weight, expected, atol=1e-6)
+
+
+def test_resume_matches_uninterrupted_and_counts_steps(tmp_path, trained_trial):
+    cfg = write_demo_config(tmp_path / "c.toml", tmp_path / "t")
+    run_cli("trainer", "run", "--config", str(cfg), "--new", "--epochs", "1")
+    run_cli("trainer", "run", "--config", str(cfg), "--continue", "--epochs", "1")
+    t = Trial(tmp_path / "t")
+    assert inspect(t.checkpoint_path("lora")).metadata_int("ss_steps") == 8
+    out = run_cli("trainer", "run", "--config", str(cfg), "--continue")  # to the configured 3 epochs
+    assert "resuming at step 8" in out.stdout + out.stderr
+    resumed, straight = load_file(str(t.checkpoint_path("lora"))), load_file(str(trained_trial.checkpoint_path("lora")))
+    assert resumed.keys() == straight.keys()
+    for k in straight:
+        assert torch.allclose(resumed[k], straight[k], atol=1e-5, rtol=1e-4), k
+    info = inspect(t.checkpoint_path("lora"))
+    assert info.metadata_int("ss_steps") == 12 and info.metadata_int("ss_epoch") == 3
+    status = read_model(t.status_path, TrainerStatus)
+    assert status.state == "finished" and status.step == 12
+
+
+def test_continue_steps_adds_exactly_n(tmp_path):
+    cfg = write_demo_config(tmp_path / "c.toml", tmp_path / "t")
+    run_cli("trainer", "run", "--config", str(cfg), "--new", "--steps", "3")
+    run_cli("trainer", "run", "--config", str(cfg), "--continue", "--steps", "2")
+    t = Trial(tmp_path / "t")
+    assert inspect(t.checkpoint_path("lora")).metadata_int("ss_steps") == 5
+    assert read_model(t.status_path, TrainerStatus).step == 5
+
+
+def _start(cfg, *extra):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "trainer", "run", "--config", str(cfg), "--new", *extra],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_step(t: Trial, step: int, timeout: float = 120) -> TrainerStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if t.status_path.exists():
+            st = read_model(t.status_path, TrainerStatus)
+            if st.step >= step:
+                return st
+        time.sleep(0.05)
+    raise AssertionError(f"trainer did not reach step {step}")
+
+
+def test_stop_request_stops_within_a_step(tmp_path):
+    cfg = write_demo_config(tmp_path / "c.toml", tmp_path / "t", epochs=50)
+    t = Trial(tmp_path / "t")
+    proc = _start(cfg)
+    try:
+        _wait_for_step(t, 2)
+        write_model(t.stop_request_path, StopRequest(reason="early_stop", requested_by="evaluator",
+                                                     best_checkpoint="lora-000001"))
+        asked_at = read_model(t.status_path, TrainerStatus).step
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    st = read_model(t.status_path, TrainerStatus)
+    assert st.state == "stopped_early" and "early_stop" in st.message
+    assert st.step <= asked_at + 2, "should stop within one step of seeing the request"
+    assert st.last_checkpoint and inspect(t.root / st.last_checkpoint).is_complete
+    assert (t.root / (st.last_checkpoint.removesuffix(".safetensors") + "-state")).is_dir()
+    assert st.step < 200
+
+
+def test_sigint_saves_and_reports_stopped(tmp_path):
+    cfg = write_demo_config(tmp_path / "c.toml", tmp_path / "t", epochs=50)
+    t = Trial(tmp_path / "t")
+    proc = _start(cfg)
+    try:
+        _wait_for_step(t, 1)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    st = read_model(t.status_path, TrainerStatus)
+    assert st.state == "stopped" and st.last_checkpoint and inspect(t.root / st.last_checkpoint).is_complete
+    assert proc.returncode == 130
+
+
+def test_new_backs_up_and_missing_flag_is_explained(tmp_path, trained_trial, capsys):
+    from conftest import copy_trial
+    from trainer.cli import main
+    from trainer.outputs import back_up_previous_run
+
+    t = copy_trial(trained_trial, tmp_path / "t")
+    cfg = write_demo_config(tmp_path / "c.toml", t.root)
+    assert main(["run", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "--continue" in err and "--new" in err and "Traceback" not in err
+    before = {p.name: p.read_bytes() for p in t.checkpoint_paths()}
+    dest = back_up_previous_run(t, "lora")
+    assert dest is not None and dest.parent == t.backup_dir
+    assert {p.name: p.read_bytes() for p in dest.glob("*.safetensors")} == before
+    assert not t.checkpoint_paths()
+
+
+BAD_INPUTS = {
+    "missing model": ('base = "/nope/model"', "model.base"),
+    "missing dataset": ('train_dir = "/nope/data"', "does not exist"),
+    "empty dataset": ("EMPTY", "has no images"),
+    "unreadable image": ("BROKEN", "cannot read training image"),
+    "invalid value": ("dim = -1", "network.dim"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gives_one_clear_line(tmp_path, case, capsys, demo_assets):
+    import shutil
+
+    from trainer.cli import main
+
+    change, expected = BAD_INPUTS[case]
+    cfg = write_demo_config(tmp_path / "c.toml", tmp_path / "t")
+    text = cfg.read_text()
+    data = tmp_path / "data"
+    if change == "EMPTY":
+        (data / "3_thing").mkdir(parents=True)
+        text = text.replace('train_dir = "demo:dataset/train"', f'train_dir = "{data}"')
+    elif change == "BROKEN":
+        shutil.copytree(demo_assets.train_dir, data)
+        (data / "2_circle" / "circle_00.png").write_bytes(b"not a png")
+        text = text.replace('train_dir = "demo:dataset/train"', f'train_dir = "{data}"')
+    elif change.startswith("base"):
+        text = text.replace('base = "demo:tiny"', change)
+    elif change.startswith("train_dir"):
+        text = text.replace('train_dir = "demo:dataset/train"', change)
+    else:
+        text = text.replace("dim = 4", change)
+    cfg.write_text(text)
+    assert main(["run", "--config", str(cfg), "--new"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    status_path = tmp_path / "t" / "trainer_status.json"
+    if case != "invalid value":  # a config that does not parse has no trial folder to write to
+        st = read_model(status_path, TrainerStatus)
+        assert st.state == "failed" and expected in st.message
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    from trainer.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cfg = write_demo_config(tmp_path / "c.toml", blocker / "t")
+    assert main(["run", "--config", str(cfg), "--new"]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_command(tmp_path, capsys):
+    from trainer.cli import main
+
+    cfg = write_demo_config(tmp_path / "c.toml", tmp_path / "t")
+    assert main(["run", "--config", str(cfg), "--dry-run"]) == 0
+    assert "trainer.builtin.worker" in capsys.readouterr().out
+    assert not (tmp_path / "t" / "params.json").exists()
