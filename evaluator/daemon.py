@@ -51,6 +51,7 @@ class _Served:
     def __init__(self, trial: Trial, lock: TrialLock, ledger: Ledger, ctx: TrialContext) -> None:
         self.trial, self.lock, self.ledger, self.ctx = trial, lock, ledger, ctx
         self.incomplete: dict[Path, tuple[int, int, float]] = {}  # path -> (size, mtime, since)
+        self.given_up: dict[Path, tuple[int, int]] = {}  # recorded failed at this (size, mtime)
         self.reported_pickles: set[Path] = set()
         self.forced: set[str] = set()
 
@@ -198,6 +199,9 @@ class Daemon:
                 st = path.stat()
             except FileNotFoundError:
                 continue
+            if s.given_up.get(path) == (st.st_size, st.st_mtime_ns):
+                continue
+            s.given_up.pop(path, None)
             prev = s.incomplete.get(path)
             if prev is None or prev[:2] != (st.st_size, st.st_mtime_ns):
                 s.incomplete[path] = (st.st_size, st.st_mtime_ns, now)
@@ -209,6 +213,8 @@ class Daemon:
                     log.error("%s: %s %s", s.trial.name, path.name, reason)
                     s.ledger.fail(parsed.stem, path.name, None, reason, key)
                     summaries.record_failure(s.trial, parsed.stem, reason, SCORE_RULE)
+                s.incomplete.pop(path, None)
+                s.given_up[path] = (st.st_size, st.st_mtime_ns)
         return sorted(ready, key=lambda c: c.sort_key())
 
     def _run(self, s: _Served, entry: EvalEntry, path: Path | None, epoch, step, previous) -> None:
