@@ -7,7 +7,7 @@ from shared.cli_support import main_for
 COMMANDS = {
     "watch": "evaluator.commands.watch",
     "run": "evaluator.commands.run",
-    # "report": "evaluator.commands.report",
+    "report": "evaluator.commands.report",
 }
 
 

@@ -270,7 +270,8 @@ class Daemon:
                 return False
             s = self.served.get(trial.root)
             if s is None:
-                if trial.root in self.refused:
+                # A trainer that failed before writing params.json leaves nothing to score.
+                if trial.root in self.refused or not trial.checkpoint_paths():
                     continue
                 return False
             if s.incomplete:
