@@ -1,0 +1,87 @@
+"""report.html from real evaluator output: grid, curves, escaping; rendered by headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_trial, run_cli
+from evaluator.report import write_sweep_index, write_trial_report
+from shared.trial import SweepRoot, Trial
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+XSS = "<script>window.__xss = 1</script> & \"quotes\""
+
+
+@pytest.fixture(scope="module")
+def scored_trial(tmp_path_factory, trained_trial) -> Trial:
+    """A copy of the trained trial, scored by the real evaluator, with a hostile prompt."""
+    t = copy_trial(trained_trial, tmp_path_factory.mktemp("report") / "trial_0001")
+    params = json.loads(t.params_path.read_text())
+    params["config"]["evaluation"]["prompts"] = [XSS, "a yellow square on a green background, sks style"]
+    t.params_path.write_text(json.dumps(params))
+    run_cli("evaluator", "run", "--dir", str(t.root), "--device", "cpu")
+    return t
+
+
+def chromium(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    profile = Path(subprocess.check_output(["mktemp", "-d"], text=True).strip())
+    try:
+        return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                               "--disable-component-update", "--no-first-run", "--disable-sync",
+                               f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=timeout)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_report_contents_and_escaping(scored_trial):
+    html = write_trial_report(scored_trial).read_text()
+    assert "<script>" not in html, "user text must never become markup"
+    assert "&lt;script&gt;window.__xss = 1&lt;/script&gt;" in html
+    for name in ("baseline", "lora-000001", "lora-000002", "lora"):
+        assert f"src='{name}/sample_00.png'" in html
+    assert html.count("<svg") >= 1 and "★" in html and "class='best'" in html
+    cols = re.findall(r"<th(?: class='best')?>(?:★ )?([\w-]+)<br>", html)
+    assert cols == ["lora-000001", "lora-000002", "lora"], "checkpoints in epoch order"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make system-deps installs it)")
+def test_browser_renders_every_image_and_the_curves(scored_trial, artifacts_dir):
+    report = write_trial_report(scored_trial)
+    probe = report.with_name("report_probe.html")
+    probe.write_text(report.read_text().replace("</body>", """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.querySelectorAll('table.grid img')];
+  const out = document.createElement('pre'); out.id = 'probe';
+  out.textContent = JSON.stringify({images: imgs.length, loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
+    svgs: document.querySelectorAll('.curves svg path, .curves svg use').length, xss: window.__xss || 0});
+  document.body.appendChild(out);
+});</script></body>"""))
+    dom = chromium("--virtual-time-budget=5000", "--dump-dom", probe.as_uri()).stdout
+    result = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom).group(1).replace("&quot;", '"'))
+    assert result["images"] == 4 * 4 and result["loaded"] == result["images"], result
+    assert result["svgs"] > 0 and result["xss"] == 0
+    shot = artifacts_dir / "report.png"
+    chromium("--window-size=1400,1200", f"--screenshot={shot}", report.as_uri())
+    assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_sweep_index_lists_trials_by_score(tmp_path, scored_trial):
+    root = SweepRoot(tmp_path / "sweep")
+    for n in (1, 2):
+        shutil.copytree(scored_trial.root, root.trial(n).root)
+    html = write_sweep_index(root.root).read_text()
+    assert "trial_0001/realtime_evaluations/report.html" in html and "trial_0002" in html
+    assert "<svg" in html and "complete" in html
+
+
+def test_report_of_an_empty_trial(tmp_path):
+    t = Trial(tmp_path / "trial_0009")
+    t.root.mkdir()
+    assert "No checkpoint has been scored yet" in write_trial_report(t).read_text()
