@@ -45,6 +45,7 @@ def setup_logging(debug: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("epochscope").setLevel(logging.DEBUG if debug else logging.INFO)
     if not debug:
+        logging.getLogger("watchdog").setLevel(logging.CRITICAL)  # shutdown races it logs as errors
         try:
             from diffusers.utils import logging as dlog
 

@@ -145,7 +145,10 @@ class SearchDimension(_Section):
 
 
 class PrunerConfig(_Section):
-    type: Literal["median", "patient", "none"] = "median"
+    type: Literal["median", "percentile", "patient", "none"] = "median"
+    margin: float = Field(0.0, ge=0, description="median: prune only when the score is this much below the "
+                          "median of finished trials at the same epoch (scores are noisy).")
+    percentile: float = Field(25.0, gt=0, lt=100, description="percentile: prune below this percentile.")
     n_startup_trials: int = Field(1, ge=0)
     n_warmup_steps: int = Field(1, ge=0, description="Epochs reported before a trial may be pruned.")
     patience: int = Field(2, ge=1, description="patient pruner: epochs without improvement.")

@@ -6,7 +6,7 @@ from shared.cli_support import main_for
 
 COMMANDS = {
     "run": "trainer.commands.run",
-    # "sweep": "trainer.commands.sweep",
+    "sweep": "trainer.commands.sweep",
     "tokenizer-cache": "trainer.commands.tokenizer_cache",
 }
 
