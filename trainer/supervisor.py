@@ -128,6 +128,7 @@ class Supervisor:
                 elif line:
                     log_file.write(line + "\n")
                     self._handle(line)
+                self._collect()
                 if self._stopping.reason is None:
                     self._check_stop_request()
                 if self._stopping.reason is not None:
@@ -151,11 +152,19 @@ class Supervisor:
                     break
             log_file.flush()
         finally:
+            self._collect()
             self.console.stop()
             for s, handler in old.items():
                 signal.signal(s, handler)
             self._kill_group(pgid)
         return self._outcome(proc.returncode)
+
+    def _collect(self) -> None:
+        """Backends that write elsewhere first (a resumed sd-scripts run) hand their files over here."""
+        collect = getattr(self.backend, "collect_outputs", None)
+        for path in collect(self.trial) if collect else []:
+            self._saved.append(path)
+            self.status.update(last_checkpoint=path.name)
 
     def _pump(self, stream) -> None:
         buf = b""
@@ -204,6 +213,8 @@ class Supervisor:
                     eoff = self.resume.epoch if (self.resume and restarts) else 0
                     self.status.update(total_epochs=event.total_epochs + eoff)
             elif isinstance(event, CheckpointSaved):
+                if event.path.parent != self.trial.root:
+                    continue  # written to a staging folder: _collect adopts it under its true name
                 self._saved.append(event.path)
                 if inspect(self.trial.root / event.path.name).is_complete:
                     self.status.update(last_checkpoint=event.path.name)

@@ -1,0 +1,186 @@
+"""The sd-scripts backend without sd-scripts: its real captured output, command construction, resume
+arithmetic, continuation renaming, and the errors users see when it is missing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from shared.config import load_config
+from shared.errors import EpochscopeError
+from shared.safetensors_info import inspect
+from shared.trial import Trial
+from trainer.backends.base import CheckpointSaved, EpochStarted, Progress, ResumePoint, Totals
+from trainer.backends.sd_scripts import SdScriptsBackend
+from trainer.sd_scripts import continuation
+from trainer.sd_scripts.output import parse_line
+
+DATA = Path(__file__).parent / "data" / "sd_scripts"
+
+
+def pieces(text: str) -> list[str]:
+    return [p for p in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if p.strip()]
+
+
+def test_parser_on_real_output():
+    events = [e for f in ("train_network.stdout", "train_network.stderr")
+              for line in pieces((DATA / f).read_text()) for e in parse_line(line)]
+    steps = [e.step for e in events if isinstance(e, Progress)]
+    assert sorted(set(steps)) == list(range(0, 10)) and steps == sorted(steps) and all(e.total_steps == 9 for e in events if isinstance(e, Progress))
+    assert any(isinstance(e, Progress) and e.avg_loss is not None for e in events)
+    assert [(e.epoch, e.total_epochs) for e in events if isinstance(e, EpochStarted)] == [(1, 3), (2, 3), (3, 3)]
+    saved = [e.path.name for e in events if isinstance(e, CheckpointSaved)]
+    assert saved == ["lora1-step00000002.safetensors", "lora1-000001.safetensors", "lora1-step00000004.safetensors",
+                     "lora1-step00000006.safetensors", "lora1-000002.safetensors", "lora1-step00000008.safetensors",
+                     "lora1.safetensors"]
+    assert Totals(total_steps=9) in events and Totals(total_epochs=3) in events
+
+
+def test_parser_lines():
+    assert parse_line("steps:  44%|████▍     | 4/9 [00:15<00:19,  3.92s/it, avr_loss=1.22]") == [
+        Progress(step=4, total_steps=9, loss=1.22, avg_loss=1.22)]
+    assert parse_line("epoch 2/3") == [EpochStarted(2, 3)]
+    err = parse_line("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert err and "out of GPU memory" in err[0].message
+    assert parse_line("FileNotFoundError: [Errno 2] No such file: 'x'")[0].message.startswith("FileNotFoundError")
+    assert parse_line("INFO     prepare images.") == []
+
+
+@pytest.fixture()
+def config(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "train").mkdir()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""
+[model]
+base = "{tmp_path}/model.safetensors"
+[dataset]
+train_dir = "{tmp_path}/train"
+resolution = 64
+[network]
+dim = 16
+alpha = 8.0
+[training]
+backend = "sd-scripts"
+sd_scripts_dir = "/opt/sd-scripts"
+sd_scripts_python = "/opt/venv/bin/python"
+max_train_epochs = 3
+save_every_n_epochs = 1
+learning_rate = 2e-4
+tokenizer_cache_dir = "{tmp_path}/tok"
+extra_args = ["--xformers", "--max_grad_norm", "0.5"]
+[output]
+dir = "{tmp_path}/t"
+name = "lora1"
+""")
+    return load_config(cfg)
+
+
+def _args(spec) -> dict[str, str | None]:
+    out, argv = {}, spec.argv
+    for i, a in enumerate(argv):
+        if a.startswith("--"):
+            out[a] = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None
+    return out
+
+
+def test_command_for_a_fresh_run(config):
+    spec = SdScriptsBackend().build_launch(config, Trial(config.output.dir), None, None, None)
+    assert spec.argv[:2] == ["/opt/venv/bin/python", "/opt/sd-scripts/train_network.py"]
+    a = _args(spec)
+    assert a["--pretrained_model_name_or_path"].endswith("model.safetensors")
+    assert a["--output_dir"] == config.output.dir and a["--output_name"] == "lora1"
+    assert a["--network_module"] == "networks.lora" and a["--network_dim"] == "16" and a["--network_alpha"] == "8"
+    assert a["--max_train_epochs"] == "3" and a["--save_every_n_epochs"] == "1" and "--save_state" in a
+    assert a["--logging_dir"] == str(Path(config.output.dir) / "logs" / "sd-scripts") and a["--log_with"] == "tensorboard"
+    assert "--console_log_simple" in a and "--network_train_unet_only" in a and a["--resolution"] == "64,64"
+    assert a["--tokenizer_cache_dir"].endswith("tok") and spec.env["HF_HUB_OFFLINE"] == "1"
+    assert spec.env["PYTHONUNBUFFERED"] == "1" and spec.argv[-3:] == ["--xformers", "--max_grad_norm", "0.5"]
+    assert "--resume" not in a
+
+
+def test_command_variants(config):
+    b = SdScriptsBackend()
+    multi = config.model_copy(update={"training": config.training.model_copy(update={"num_gpus": 2})})
+    spec = b.build_launch(multi, Trial(config.output.dir), None, 20, None)
+    assert spec.argv[1:5] == ["-m", "accelerate.commands.launch", "--num_processes", "2"]
+    assert _args(spec)["--max_train_steps"] == "20" and "--max_train_epochs" not in _args(spec)
+    ds = config.model_copy(update={"dataset": config.dataset.model_copy(update={"dataset_config": "/d/ds.toml"})})
+    a = _args(b.build_launch(ds, Trial(config.output.dir), None, None, None))
+    assert a["--dataset_config"] == "/d/ds.toml" and "--train_data_dir" not in a
+    te = config.model_copy(update={"network": config.network.model_copy(update={"train_text_encoder": True})})
+    assert "--network_train_unet_only" not in _args(b.build_launch(te, Trial(config.output.dir), None, None, None))
+
+
+def test_resume_counts_this_run_from_zero(config, tmp_path):
+    t = Trial(config.output.dir)
+    rp = ResumePoint(t.root / "lora1-000003-state", step=9, epoch=3)
+    spec = SdScriptsBackend().build_launch(config, t, rp, 11, None)  # --continue --steps 2
+    a = _args(spec)
+    assert a["--resume"] == str(rp.state_dir) and a["--initial_step"] == "0" and a["--max_train_steps"] == "2"
+    assert a["--output_dir"] == str(continuation.staging_dir(t)), "a resumed run must not overwrite earlier files"
+    assert _args(SdScriptsBackend().build_launch(config, t, rp, None, 5))["--max_train_epochs"] == "2"
+    with pytest.raises(EpochscopeError, match="nothing to train"):
+        SdScriptsBackend().build_launch(config, t, rp, None, None)  # 3 epochs configured, 3 done
+
+
+def _lora(path: Path, epoch: int, step: int) -> None:
+    save_file({"lora_unet_x.lora_down.weight": torch.ones(2, 4), "lora_unet_x.lora_up.weight": torch.ones(4, 2)},
+              str(path), metadata={"ss_epoch": str(epoch), "ss_steps": str(step), "ss_output_name": "lora1"})
+
+
+def test_continuation_outputs_get_their_true_names(tmp_path):
+    t = Trial(tmp_path / "t")
+    staging = continuation.staging_dir(t)
+    staging.mkdir(parents=True)
+    _lora(t.root / "lora1-000001.safetensors", 1, 3)  # from the first run: must survive
+    _lora(staging / "lora1-000001.safetensors", 1, 3)  # the continuation's own epoch 1 = epoch 4
+    _lora(staging / "lora1-step00000002.safetensors", 1, 2)
+    _lora(staging / "lora1.safetensors", 2, 6)
+    state = staging / "lora1-state"
+    state.mkdir()
+    (state / "random_states_0.pkl").write_bytes(b"never unpickled")
+    (state / "train_state.json").write_text(json.dumps({"current_step": 6, "current_epoch": 2}))
+    unfinished = staging / "lora1-000001-state"
+    unfinished.mkdir()
+    (unfinished / "train_state.json").write_text("{}")
+    moved = continuation.adopt_outputs(t, "lora1", step0=9, epoch0=3)
+    assert sorted(p.name for p in moved) == ["lora1-000004.safetensors", "lora1-step00000011.safetensors",
+                                             "lora1.safetensors"]
+    assert inspect(t.checkpoint_path("lora1")).metadata_int("ss_steps") == 15
+    assert inspect(t.checkpoint_path("lora1-000004")).metadata_int("ss_epoch") == 4
+    assert inspect(t.checkpoint_path("lora1-000001")).metadata_int("ss_steps") == 3
+    assert json.loads((t.root / "lora1-state" / "train_state.json").read_text()) == {"current_step": 15,
+                                                                                     "current_epoch": 5}
+    assert unfinished.exists(), "an incomplete state is left alone"
+    rp = SdScriptsBackend().find_resume_point(load_config_for(t), t)
+    assert rp.step == 15 and rp.epoch == 5 and rp.state_dir.name == "lora1-state"
+
+
+def load_config_for(t: Trial):
+    from shared.config import RunConfig
+
+    return RunConfig.model_validate({"output": {"dir": str(t.root), "name": "lora1"}})
+
+
+def test_missing_sd_scripts_is_one_clear_error(config, tmp_path, capsys, monkeypatch):
+    from trainer.cli import main
+
+    monkeypatch.delenv("SD_SCRIPTS_DIR", raising=False)
+    monkeypatch.delenv("SD_SCRIPTS_PYTHON", raising=False)
+    bare = config.model_copy(update={"training": config.training.model_copy(
+        update={"sd_scripts_dir": None, "sd_scripts_python": None})})
+    with pytest.raises(EpochscopeError, match="SD_SCRIPTS_DIR"):
+        SdScriptsBackend().check(bare)
+    cfg = tmp_path / "c2.toml"
+    cfg.write_text(f'[training]\nbackend = "sd-scripts"\n[output]\ndir = "{tmp_path}/t2"\n')
+    assert main(["run", "--config", str(cfg), "--new"]) == 2
+    err = capsys.readouterr().err
+    assert "sd-scripts" in err and "SD_SCRIPTS_PYTHON" in err and "Traceback" not in err
+    assert main(["run", "--config", str(cfg), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "train_network.py" in captured.out and "warning" in captured.err

@@ -1,0 +1,74 @@
+"""train_network.py arguments from our config, as plain data (printable, testable, no process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.config import RunConfig
+
+PLACEHOLDER_DIR = "$SD_SCRIPTS_DIR"
+PLACEHOLDER_PYTHON = "$SD_SCRIPTS_PYTHON"
+
+
+def script_args(config: RunConfig, output_dir: Path, logging_dir: Path, resume: Path | None,
+                steps: int | None, epochs: int | None) -> list[str]:
+    """Arguments after ``train_network.py``. ``steps``/``epochs``: the length of this run."""
+    c, d, n, t = config, config.dataset, config.network, config.training
+    args = ["--pretrained_model_name_or_path", c.model.base]
+    if d.dataset_config:
+        args += ["--dataset_config", d.dataset_config]
+    else:
+        args += ["--train_data_dir", str(d.train_dir), "--resolution", f"{d.resolution},{d.resolution}",
+                 "--caption_extension", d.caption_extension, "--train_batch_size", str(t.train_batch_size)]
+    args += ["--output_dir", str(output_dir), "--output_name", c.output.name, "--save_model_as", "safetensors",
+             "--network_module", "networks.lora", "--network_dim", str(n.dim), "--network_alpha", _num(n.alpha),
+             "--learning_rate", _num(t.learning_rate), "--optimizer_type", t.optimizer,
+             "--lr_scheduler", t.lr_scheduler, "--gradient_accumulation_steps", str(t.gradient_accumulation_steps),
+             "--mixed_precision", t.mixed_precision, "--save_precision", "float" if t.mixed_precision == "no"
+             else t.mixed_precision, "--seed", str(t.seed), "--logging_dir", str(logging_dir),
+             "--log_with", "tensorboard", "--console_log_simple"]
+    if t.lr_warmup_steps:
+        args += ["--lr_warmup_steps", str(t.lr_warmup_steps)]
+    if t.text_encoder_lr:
+        args += ["--text_encoder_lr", _num(t.text_encoder_lr)]
+    if not n.train_text_encoder:
+        args += ["--network_train_unet_only"]
+    if n.dropout:
+        args += ["--network_dropout", _num(n.dropout)]
+    if c.model.v_parameterization:
+        args += ["--v_parameterization"]
+    if c.model.clip_skip:
+        args += ["--clip_skip", str(c.model.clip_skip)]
+    if t.save_every_n_epochs:
+        args += ["--save_every_n_epochs", str(t.save_every_n_epochs)]
+    if t.save_every_n_steps:
+        args += ["--save_every_n_steps", str(t.save_every_n_steps)]
+    if t.save_state:
+        args += ["--save_state"]
+    if t.cache_latents:
+        args += ["--cache_latents"]
+    if t.gradient_checkpointing:
+        args += ["--gradient_checkpointing"]
+    if t.tokenizer_cache_dir:
+        args += ["--tokenizer_cache_dir", t.tokenizer_cache_dir]
+    if steps is not None:
+        args += ["--max_train_steps", str(steps)]
+    elif epochs is not None:
+        args += ["--max_train_epochs", str(epochs)]
+    if resume is not None:
+        # sd-scripts restarts its step counter after --resume (its issues #1999, #2248). Counting this run
+        # from 0 makes --max_train_steps exact; the backend renames the outputs to their true step/epoch.
+        args += ["--resume", str(resume), "--initial_step", "0"]
+    return args + list(t.extra_args)
+
+
+def launcher(config: RunConfig, python: str, scripts_dir: str) -> list[str]:
+    script = str(Path(scripts_dir) / "train_network.py")
+    if config.training.num_gpus > 1:
+        return [python, "-m", "accelerate.commands.launch", "--num_processes", str(config.training.num_gpus),
+                "--num_machines", "1", script]
+    return [python, script]
+
+
+def _num(x: float) -> str:
+    return repr(float(x)) if not float(x).is_integer() else str(int(x)) if abs(x) >= 1 else repr(float(x))
