@@ -114,7 +114,7 @@ class Daemon:
             log.info("%s: %s was being scored when an evaluator stopped; scoring it again", trial.name, e.name)
         served = _Served(trial, lock, ledger, TrialContext(trial, settings))
         self.served[trial.root] = served
-        log.info("serving %s (%d prompts x seeds, %d references)", trial.root, len(settings.prompts),
+        log.info("serving %s (%d prompts x seeds, %d references)", trial.root, len(settings.generation.prompts),
                  len(settings.references))
         return served
 

@@ -24,7 +24,7 @@ from evaluator.metrics import (
     prepare_references,
     prepare_samples,
 )
-from evaluator.pipeline import GenerationSettings, generate, load_pipeline, pick_dtype, set_scheduler
+from evaluator.pipeline import generate, load_pipeline, pick_dtype, set_scheduler
 from evaluator.settings import TrialSettings
 from evaluator.tensorboard_log import log_checkpoint
 from shared.errors import EpochscopeError
@@ -65,11 +65,6 @@ class TrialContext:
     baseline: SampleSet | None = None
     samples_cache: dict[str, SampleSet] = field(default_factory=dict)
     stop_requested: bool = False
-
-    def generation(self) -> GenerationSettings:
-        s = self.settings
-        return GenerationSettings(s.prompts, s.seeds, s.negative_prompt, s.steps, s.guidance_scale, s.resolution,
-                                  s.batch_size)
 
     def ensure_references(self, encoder: ClipEncoder) -> ReferenceSet | None:
         if self.references is None and self.settings.references:
@@ -116,7 +111,7 @@ def score(models: Models, ctx: TrialContext, name: str, lora: Path | None, fp: F
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     set_scheduler(models.pipe, ctx.settings.scheduler)
-    gen = ctx.generation()
+    gen = ctx.settings.generation
     with trainer_paused(ctx.trial, ctx.settings.gpu_sharing):
         if lora is None:
             images, nsfw = generate(models.pipe, gen)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
+from evaluator.pipeline import GenerationSettings
 from shared.config import RunConfig
 from shared.demo_assets import resolve_demo
 from shared.errors import EpochscopeError
@@ -24,13 +25,7 @@ class Overrides:
 class TrialSettings:
     base: str
     output_name: str
-    prompts: list[str]  # one per sample (cycled)
-    seeds: list[int]
-    negative_prompt: str
-    steps: int
-    guidance_scale: float
-    resolution: int
-    batch_size: int | None
+    generation: GenerationSettings
     scheduler: str
     references: list[Path]
     clip_model: str
@@ -84,14 +79,12 @@ def settings_for(config: RunConfig, overrides: Overrides = Overrides()) -> Trial
     n = overrides.num_samples or ev.num_samples
     return TrialSettings(
         base=config.model.base, output_name=config.output.name,
-        prompts=[prompts[i % len(prompts)] for i in range(n)], seeds=[ev.seed + i for i in range(n)],
-        negative_prompt=ev.negative_prompt, steps=overrides.steps or ev.steps, guidance_scale=ev.guidance_scale,
-        resolution=config.evaluation_resolution(), batch_size=ev.batch_size, scheduler=ev.scheduler,
+        generation=GenerationSettings(prompts=[prompts[i % len(prompts)] for i in range(n)],
+                                      seeds=[ev.seed + i for i in range(n)], negative_prompt=ev.negative_prompt,
+                                      steps=overrides.steps or ev.steps, guidance_scale=ev.guidance_scale,
+                                      resolution=config.evaluation_resolution(), batch_size=ev.batch_size),
+        scheduler=ev.scheduler,
         references=[p for p, _ in refs], clip_model=ev.clip_model, clip_pretrained=ev.clip_pretrained,
         lora_scale=ev.lora_scale, gpu_sharing=overrides.gpu_sharing or ev.gpu_sharing,
         early_stop_enabled=ev.early_stop.enabled, patience=ev.early_stop.patience,
         min_delta=ev.early_stop.min_delta, min_checkpoints=ev.early_stop.min_checkpoints)
-
-
-def with_overrides(s: TrialSettings, **kw) -> TrialSettings:
-    return replace(s, **kw)

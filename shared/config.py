@@ -239,13 +239,10 @@ def config_from_dict(data: dict[str, Any], source: Path | str = "<config>") -> R
 
 def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read, validate and path-resolve a TOML config. ``overrides`` maps dotted keys to values."""
+    from shared.jsonio import read_bytes
+
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(path, "config file not found") from None
-    except OSError as e:
-        raise ConfigError(path, f"cannot read ({e.strerror})") from None
+    raw = read_bytes(path, ConfigError)
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

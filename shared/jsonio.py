@@ -93,16 +93,20 @@ def parse_model(path: Path | str, raw: bytes | str, model: type[M]) -> M:
         raise FileFormatError(path, problem, field=field) from None
 
 
+def read_bytes(path: Path, error: type[FileFormatError] = FileFormatError) -> bytes:
+    """A file's bytes; a missing or unreadable file raises ``error`` naming it."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise error(path, "file not found") from None
+    except OSError as e:
+        raise error(path, f"cannot read ({e.strerror})") from None
+
+
 def read_model(path: Path | str, model: type[M]) -> M:
     """Read and validate a contract file; a missing or malformed file raises FileFormatError."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise FileFormatError(path, "file not found") from None
-    except OSError as e:
-        raise FileFormatError(path, f"cannot read ({e.strerror})") from None
-    return parse_model(path, raw, model)
+    return parse_model(path, read_bytes(path), model)
 
 
 def read_model_or_none(path: Path | str, model: type[M]) -> M | None:

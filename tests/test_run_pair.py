@@ -25,7 +25,7 @@ def run_pair(*args, timeout=600, **kw):
 
 
 def python_processes_under(folder: Path) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if str(folder) in line and "python" in line]
 
 

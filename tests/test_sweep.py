@@ -30,7 +30,7 @@ def sweep_cmd(*args: str) -> list[str]:
 
 def kill_everything_under(folder: Path) -> None:
     """What a crashed machine does to a sweep: every process working in its folder dies."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
     for line in out.splitlines():
         if str(folder) in line and "python" in line:
             try:
