@@ -114,8 +114,8 @@ class Daemon:
             log.info("%s: %s was being scored when an evaluator stopped; scoring it again", trial.name, e.name)
         served = _Served(trial, lock, ledger, TrialContext(trial, settings))
         self.served[trial.root] = served
-        log.info("serving %s (%d prompts x seeds, %d references)", trial.root, len(settings.generation.prompts),
-                 len(settings.references))
+        log.info("serving %s (%d samples per checkpoint, %d references)", trial.root,
+                 len(settings.generation.prompts), len(settings.references))
         return served
 
     def _models_for(self, served: _Served) -> Models:

@@ -95,6 +95,8 @@ class Console:
         if now - self._last >= self._interval or (status.total_steps and status.step >= status.total_steps):
             self._last = now
             eta = f" eta {status.eta_seconds:.0f}s" if status.eta_seconds is not None else ""
+            if status.steps_per_second:
+                eta += f" ({status.steps_per_second:.2f} steps/s)"
             print(f"step {status.step}/{status.total_steps or '?'} {info}{eta}", file=self._stream, flush=True)
 
     def message(self, text: str) -> None:

@@ -191,7 +191,7 @@ class Supervisor:
                     total = step_with_offset(total, self.resume, restarts)
                 now = time.monotonic()
                 if self._first_step is None:
-                    self._first_step = (step - 1, now - 1e-9)
+                    self._first_step = (step, now)  # the rate needs two points: none before the second step
                 s0, t0 = self._first_step
                 rate = (step - s0) / max(now - t0, 1e-9) if step > s0 else None
                 total = total or st.total_steps
