@@ -17,16 +17,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from shared.config import RunConfig
 from shared.errors import EpochscopeError
-from shared.jsonio import write_model
+from shared.jsonio import read_model_or_none, write_model
 from shared.records import StopRequest, SweepInfo, TrainerStatus
-from shared.jsonio import read_model_or_none
 from shared.trial import SweepRoot, Trial
+from trainer.commands.run import SWEEP_INFO_ENV
 from trainer.sweep.monitor import ScoreFollower, all_scored, objective_value, read_summary
 from trainer.sweep.space import build_pruner, build_sampler, sample
 
 log = logging.getLogger("epochscope.sweep")
 POLL_S = 1.0
-SWEEP_INFO_ENV = "EPOCHSCOPE_SWEEP_INFO"
 
 
 def masked(url: str) -> str:
