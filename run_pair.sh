@@ -1,113 +1,145 @@
 #!/usr/bin/env bash
 # Train and evaluate side by side, each on the right GPU, and shut both down cleanly.
 #
-#   ./run_pair.sh [CONFIG]                      one trial (default: configs/demo.toml)
+#   ./run_pair.sh [CONFIG] [TRAINER OPTIONS]    one trial (default: configs/demo.toml; default option --new)
+#   ./run_pair.sh CONFIG --continue             resume a stopped run; nothing already scored is scored again
 #   ./run_pair.sh --sweep SWEEP.toml [--root DIR] [--n-trials N] [--storage URL] [--study NAME]
+#   ./run_pair.sh --dry-run ...                 print the two commands and their GPUs, start nothing
 #
 # GPUs: 2+ -> trainer on all but the last, evaluator on the last; 1 -> shared (evaluation.gpu_sharing);
-# 0 -> CPU. TRAIN_GPUS="0,1" / EVAL_GPU=2 override. Ctrl-C: the trainer saves and stops, the
-# evaluator finishes its current checkpoint; a second Ctrl-C stops both at once.
+# 0 -> CPU (the cores are split between the two). TRAIN_GPUS="0,1" / EVAL_GPU=2 override ("cpu" is allowed).
+# Ctrl-C or SIGTERM: the trainer saves and stops, the evaluator finishes its current checkpoint; a second
+# Ctrl-C stops both at once. Nothing is left running.
 # Exit status: the trainer's, or the evaluator's if the trainer succeeded and the evaluator did not.
 set -u
+CALLER_PWD=$PWD
 cd "$(dirname "$0")" || exit 1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
+abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$CALLER_PWD/$1" ;; esac; }
+usage() { sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+
+# ---------------------------------------------------------------- arguments
+dry_run=0
+if [ "${1:-}" = "--dry-run" ]; then dry_run=1; shift; fi
+case "${1:-}" in -h|--help) usage; exit 0 ;; esac
+sweep=0; sweep_root=""; extra=()
+if [ "${1:-}" = "--sweep" ]; then
+  [ -n "${2:-}" ] || { echo "run_pair: --sweep needs a sweep TOML file, e.g. configs/demo-sweep.toml" >&2; exit 2; }
+  sweep=1; CONFIG=$(abspath "$2"); shift 2
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --root) [ -n "${2:-}" ] || { echo "run_pair: --root needs a folder" >&2; exit 2; }
+              sweep_root=$(abspath "$2"); extra+=(--root "$sweep_root"); shift 2 ;;
+      --root=*) sweep_root=$(abspath "${1#--root=}"); extra+=(--root "$sweep_root"); shift ;;
+      *) extra+=("$1"); shift ;;
+    esac
+  done
+else
+  CONFIG=$PWD/configs/demo.toml
+  if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then CONFIG=$(abspath "$1"); shift; fi
+  extra=("$@")
+  case " ${extra[*]:-} " in *" --new "*|*" --continue "*) ;; *) extra=(--new "${extra[@]}") ;; esac
+fi
+
+# ---------------------------------------------------------------- environment (the README's first command)
 if [ ! -f .venv/.epochscope-installed ]; then
   echo "run_pair: first run: setting up .venv (a few minutes)"
   make setup || exit 1
 fi
-PY=.venv/bin/python
+PY=$PWD/.venv/bin/python
 
-sweep=""; sweep_args=()
-if [ "${1:-}" = "--sweep" ]; then
-  sweep="${2:?--sweep needs a TOML file}"; shift 2
-  sweep_args=("$@")
-  CONFIG="$sweep"
-else
-  CONFIG="${1:-configs/demo.toml}"
-fi
-
-# Where the trial (or sweep root) lives, and the GPU sharing mode, come from the config.
-read -r TARGET SHARING < <("$PY" - "$CONFIG" "$sweep" "${sweep_args[@]}" <<'PY'
+# Where the trial (or sweep root) lives and how one GPU is shared come from the config, resolved as the
+# trainer resolves it. Output: "<gpu_sharing> <folder>" (the folder may contain spaces).
+read -r SHARING TARGET < <("$PY" - "$CONFIG" "$sweep" "$sweep_root" <<'PY'
 import sys
 from shared.config import load_config
 from shared.errors import EpochscopeError
-cfg, sweep, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+path, sweep, root = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
 try:
-    c = load_config(cfg)
+    c = load_config(path)
 except EpochscopeError as e:
-    print(f"ERROR {e}"); sys.exit(0)
-if sweep:
-    root = c.sweep.root if c.sweep else "sweeps/default"
-    if "--root" in rest:
-        import os; root = os.path.abspath(rest[rest.index("--root") + 1])
-    print(root, c.evaluation.gpu_sharing)
-else:
-    print(c.output.dir, c.evaluation.gpu_sharing)
+    sys.exit(f"run_pair: {e}")
+if sweep and c.sweep is None:
+    sys.exit(f"run_pair: {path} has no [sweep] table; see configs/demo-sweep.toml")
+print(c.evaluation.gpu_sharing, root or (c.sweep.root if sweep else c.output.dir))
 PY
 )
-if [ "${TARGET:-ERROR}" = "ERROR" ] || [ -z "${TARGET:-}" ]; then
-  "$PY" -m trainer run --config "$CONFIG" --dry-run >/dev/null   # prints the config error
-  exit 2
-fi
-grep -q '"demo:' "$CONFIG" 2>/dev/null || grep -q "demo:" "$CONFIG" && "$PY" -m shared.demo_assets >/dev/null
+[ -n "${TARGET:-}" ] || exit 2   # the config error is already on stderr
 
+# ---------------------------------------------------------------- GPU placement
 ngpu=0
 if command -v nvidia-smi >/dev/null 2>&1; then ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); fi
-if [ -n "${TRAIN_GPUS:-}" ] || [ -n "${EVAL_GPU:-}" ]; then
-  train_gpus="${TRAIN_GPUS:-0}"; eval_gpu="${EVAL_GPU:-${train_gpus##*,}}"
+all_gpus=""; [ "$ngpu" -gt 0 ] && all_gpus=$(seq -s, 0 $((ngpu - 1)))
+without() {  # without "0,1,2" "1,2" -> "0"
+  local out="" g
+  for g in ${1//,/ }; do case ",$2," in *",$g,"*) ;; *) out="${out:+$out,}$g" ;; esac; done
+  printf '%s' "$out"
+}
+if [ -n "${TRAIN_GPUS:-}" ] && [ -n "${EVAL_GPU:-}" ]; then
+  train_gpus=$TRAIN_GPUS; eval_gpu=$EVAL_GPU
+elif [ -n "${TRAIN_GPUS:-}" ]; then
+  train_gpus=$TRAIN_GPUS; rest=$(without "$all_gpus" "$TRAIN_GPUS")
+  if [ -n "$rest" ]; then eval_gpu=${rest##*,}; elif [ "$TRAIN_GPUS" = cpu ]; then eval_gpu=cpu
+  else eval_gpu=${TRAIN_GPUS##*,}; fi
+elif [ -n "${EVAL_GPU:-}" ]; then
+  eval_gpu=$EVAL_GPU; train_gpus=$(without "$all_gpus" "$EVAL_GPU")
+  [ -n "$train_gpus" ] || train_gpus=${EVAL_GPU}
 elif [ "$ngpu" -ge 2 ]; then
   train_gpus=$(seq -s, 0 $((ngpu - 2))); eval_gpu=$((ngpu - 1))
 elif [ "$ngpu" -eq 1 ]; then
   train_gpus=0; eval_gpu=0
 else
-  train_gpus=""; eval_gpu=""
+  train_gpus=cpu; eval_gpu=cpu
 fi
+[ "$train_gpus" = cpu ] && train_gpus=""
+[ "$eval_gpu" = cpu ] && eval_gpu=""
 eval_args=(--device cpu)
-if [ -z "$train_gpus" ] && [ -z "$eval_gpu" ] && [ -z "${OMP_NUM_THREADS:-}" ]; then
-  # Both on the CPU: split the cores, or each oversubscribes them and both crawl.
+if [ -n "$eval_gpu" ]; then
+  eval_args=(--device cuda:0)   # cuda:0 of its own CUDA_VISIBLE_DEVICES
+  case ",$train_gpus," in *",$eval_gpu,"*) eval_args+=(--gpu-sharing "$SHARING") ;; esac
+elif [ -z "$train_gpus" ] && [ -z "${OMP_NUM_THREADS:-}" ]; then
+  # Both on the CPU: split the cores, or each oversubscribes them and both crawl (6.5x slower).
   cores=$(nproc 2>/dev/null || echo 2)
   export OMP_NUM_THREADS=$(( cores / 2 > 0 ? cores / 2 : 1 ))
 fi
-if [ -n "$eval_gpu" ]; then
-  eval_args=(--device cuda:0)
-  [ "$eval_gpu" = "${train_gpus##*,}" ] || [ "$eval_gpu" = "$train_gpus" ] && eval_args+=(--gpu-sharing "$SHARING")
-fi
-echo "run_pair: ${sweep:+sweep }$TARGET | trainer GPUs: ${train_gpus:-cpu} | evaluator: ${eval_gpu:+GPU $eval_gpu}${eval_gpu:-cpu}"
 
-prefix() { trap '' INT TERM; exec sed -u "s/^/[$1] /"; }
-mkdir -p "$TARGET"
-
-if [ -n "$sweep" ]; then
-  CUDA_VISIBLE_DEVICES="$train_gpus" setsid "$PY" -m trainer sweep --config "$CONFIG" --evaluator none \
-    "${sweep_args[@]}" > >(prefix sweep) 2>&1 &
+if [ "$sweep" = 1 ]; then
+  train_cmd=("$PY" -m trainer sweep --config "$CONFIG" --evaluator none "${extra[@]}"); train_tag=sweep
+  watch_cmd=("$PY" -m evaluator watch --dir "$TARGET" "${eval_args[@]}")
 else
-  CUDA_VISIBLE_DEVICES="$train_gpus" setsid "$PY" -m trainer run --config "$CONFIG" --new \
-    > >(prefix trainer) 2>&1 &
+  train_cmd=("$PY" -m trainer run --config "$CONFIG" "${extra[@]}"); train_tag=trainer
+  watch_cmd=("$PY" -m evaluator watch --dir "$TARGET" "${eval_args[@]}" --exit-when-done)
 fi
-TRAIN_PID=$!
-if [ -z "$sweep" ]; then
-  # Start the evaluator once this trainer owns the folder: a previous run's final status must not
-  # make it exit, and --new moves that run's files aside first.
-  for _ in $(seq 600); do
-    kill -0 "$TRAIN_PID" 2>/dev/null || break
-    grep -qs "\"pid\": $TRAIN_PID," "$TARGET/trainer_status.json" && break
-    sleep 0.1
-  done
+eval_where=cpu; [ -z "$eval_gpu" ] || eval_where="GPU $eval_gpu"
+echo "run_pair: ${train_tag/trainer/trial} $TARGET | trainer GPUs: ${train_gpus:-cpu} | evaluator: $eval_where"
+if [ "$dry_run" = 1 ]; then
+  echo "run_pair: $train_tag: CUDA_VISIBLE_DEVICES=$train_gpus ${train_cmd[*]}"
+  echo "run_pair: evaluator: CUDA_VISIBLE_DEVICES=$eval_gpu ${watch_cmd[*]}"
+  exit 0
 fi
-watch_args=(--dir "$TARGET" "${eval_args[@]}")
-[ -z "$sweep" ] && watch_args+=(--exit-when-done)
-CUDA_VISIBLE_DEVICES="$eval_gpu" setsid "$PY" -m evaluator watch "${watch_args[@]}" > >(prefix evaluator) 2>&1 &
-EVAL_PID=$!
+# The offline demo model and dataset, built once (cached) when the config uses them.
+if grep -q '"demo:' "$CONFIG"; then "$PY" -m shared.demo_assets >/dev/null || exit 1; fi
 
-interrupted=0
-forward() {
+# ---------------------------------------------------------------- run both
+TRAIN_PID=""; EVAL_PID=""; interrupted=0
+forward() {  # Ctrl-C / SIGTERM / hang-up: ask both process groups to stop (a second time: at once)
   interrupted=$((interrupted + 1))
   [ "$interrupted" -eq 1 ] && echo "run_pair: stopping (the trainer saves first; Ctrl-C again to stop at once)"
-  kill -INT -- "-$TRAIN_PID" "-$EVAL_PID" 2>/dev/null
+  local pid
+  for pid in $TRAIN_PID $EVAL_PID; do kill -INT -- "-$pid" 2>/dev/null; done
 }
-trap forward INT TERM
+trap forward INT TERM HUP
 
+start() {  # start TAG CUDA_DEVICES CMD...: the command in its own session, output prefixed with [TAG]
+  local tag=$1 devices=$2; shift 2
+  # The prefixer ignores Ctrl-C so the last lines of a stopping process still get through.
+  exec {fd}> >(trap '' INT TERM HUP; exec sed -u "s/^/[$tag] /")
+  PREFIXERS+=("$!")
+  CUDA_VISIBLE_DEVICES=$devices setsid "$@" >&"$fd" 2>&1 &
+  STARTED=$!
+  exec {fd}>&-
+}
 wait_pid() {  # wait survives the trapped signals; returns the child's exit status
   local rc
   while :; do
@@ -118,22 +150,53 @@ wait_pid() {  # wait survives the trapped signals; returns the child's exit stat
 stop_after() {  # give a process some seconds to exit by itself, then stop it
   local pid=$1 secs=$2
   for _ in $(seq $((secs * 10))); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  kill -INT -- "-$pid" 2>/dev/null; sleep 5; kill -KILL -- "-$pid" 2>/dev/null
+  echo "run_pair: the evaluator did not exit by itself within ${secs} s: stopping it"
+  kill -INT -- "-$pid" 2>/dev/null
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL -- "-$pid" 2>/dev/null
 }
 
-wait_pid "$TRAIN_PID"; train_rc=$?
-if [ -n "$sweep" ] || [ "$train_rc" -ne 0 ] || [ "$interrupted" -gt 0 ]; then
-  # A sweep's evaluator has no end of its own; a failed or stopped trainer leaves little to score.
-  stop_after "$EVAL_PID" "${EVAL_GRACE:-20}" &
+PREFIXERS=()
+mkdir -p "$TARGET"
+start "$train_tag" "$train_gpus" "${train_cmd[@]}"; TRAIN_PID=$STARTED
+[ "$interrupted" -eq 0 ] || kill -INT -- "-$TRAIN_PID" 2>/dev/null   # Ctrl-C came before its pid was known
+train_rc=""
+if [ "$sweep" = 0 ]; then
+  # Start the evaluator once this trainer owns the folder: a previous run's final status must not make
+  # it exit, and --new moves that run's files aside first. A trainer that fails before that gets none.
+  while kill -0 "$TRAIN_PID" 2>/dev/null && [ "$interrupted" -eq 0 ]; do
+    grep -Eqs "\"pid\": *$TRAIN_PID[,} ]" "$TARGET/trainer_status.json" && break
+    sleep 0.1
+  done
+  if ! kill -0 "$TRAIN_PID" 2>/dev/null; then wait_pid "$TRAIN_PID"; train_rc=$?; fi
 fi
-wait_pid "$EVAL_PID"; eval_rc=$?
-wait 2>/dev/null   # the output prefixers and the grace timer
+if [ "$interrupted" -eq 0 ] && [ "${train_rc:-0}" -eq 0 ]; then
+  start evaluator "$eval_gpu" "${watch_cmd[@]}"; EVAL_PID=$STARTED
+fi
 
+[ -n "$train_rc" ] || { wait_pid "$TRAIN_PID"; train_rc=$?; }
+eval_rc=0
+if [ -n "$EVAL_PID" ]; then
+  if [ "$sweep" = 1 ] || [ "$train_rc" -ne 0 ] || [ "$interrupted" -gt 0 ]; then
+    # A sweep's evaluator has no end of its own; a failed or stopped trainer leaves little to score.
+    stop_after "$EVAL_PID" "${EVAL_GRACE:-20}" &
+  fi
+  wait_pid "$EVAL_PID"; eval_rc=$?
+fi
+wait 2>/dev/null   # the grace timer
+for pid in "${PREFIXERS[@]}"; do   # let the prefixers print the last lines before the table
+  for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+done
+
+# ---------------------------------------------------------------- what the user sees at the end
 echo
-if [ -n "$sweep" ]; then
+if [ "$sweep" = 1 ]; then
   "$PY" -m evaluator report --dir "$TARGET" | sed 's/^/run_pair: /'
 else
-  "$PY" -m evaluator report --dir "$TARGET" --table 2>/dev/null | sed 's/^report: /run_pair: report: /'
+  "$PY" -m evaluator report --dir "$TARGET" --table | sed 's/^report: /run_pair: report: /'
+fi
+if [ "$interrupted" -gt 0 ] && [ "$sweep" = 0 ]; then
+  echo "run_pair: stopped; to go on where it stopped: $0 $CONFIG --continue"
 fi
 if [ "$train_rc" -ne 0 ]; then
   echo "run_pair: trainer exited with status $train_rc" >&2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -41,13 +42,13 @@ def chromium(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def test_report_contents_and_escaping(scored_trial):
-    html = write_trial_report(scored_trial).read_text()
-    assert "<script>" not in html, "user text must never become markup"
-    assert "&lt;script&gt;window.__xss = 1&lt;/script&gt;" in html
+    page = write_trial_report(scored_trial).read_text()
+    assert "<script>" not in page, "user text must never become markup"
+    assert "&lt;script&gt;window.__xss = 1&lt;/script&gt;" in page
     for name in ("baseline", "lora-000001", "lora-000002", "lora"):
-        assert f"src='{name}/sample_00.png'" in html
-    assert html.count("<svg") >= 1 and "★" in html and "class='best'" in html
-    cols = re.findall(r"<th(?: class='best')?>(?:★ )?([\w-]+)<br>", html)
+        assert f"src='{name}/sample_00.png'" in page
+    assert page.count("<svg") >= 1 and "★" in page and "class='best'" in page
+    cols = re.findall(r"<th(?: class='best')?>(?:★ )?([\w-]+)<br>", page)
     assert cols == ["lora-000001", "lora-000002", "lora"], "checkpoints in epoch order"
 
 
@@ -60,14 +61,17 @@ window.addEventListener('load', () => {
   const imgs = [...document.querySelectorAll('table.grid img')];
   const out = document.createElement('pre'); out.id = 'probe';
   out.textContent = JSON.stringify({images: imgs.length, loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
-    svgs: document.querySelectorAll('.curves svg path, .curves svg use').length, xss: window.__xss || 0});
+    svgs: document.querySelectorAll('.curves svg path, .curves svg use').length, xss: window.__xss || 0,
+    prompt: document.querySelector('table.grid td.prompt').firstChild.textContent});
   document.body.appendChild(out);
 });</script></body>"""))
     dom = chromium("--virtual-time-budget=5000", "--dump-dom", probe.as_uri()).stdout
-    result = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom).group(1).replace("&quot;", '"'))
+    result = json.loads(html.unescape(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1)))
     assert result["images"] == 4 * 4 and result["loaded"] == result["images"], result
     assert result["svgs"] > 0 and result["xss"] == 0
+    assert result["prompt"] == XSS, "the prompt is shown as the text the user wrote"
     shot = artifacts_dir / "report.png"
+    shot.unlink(missing_ok=True)
     chromium("--window-size=1400,1200", f"--screenshot={shot}", report.as_uri())
     assert shot.exists() and shot.stat().st_size > 10_000
 
@@ -76,12 +80,7 @@ def test_sweep_index_lists_trials_by_score(tmp_path, scored_trial):
     root = SweepRoot(tmp_path / "sweep")
     for n in (1, 2):
         shutil.copytree(scored_trial.root, root.trial(n).root)
-    html = write_sweep_index(root.root).read_text()
-    assert "trial_0001/realtime_evaluations/report.html" in html and "trial_0002" in html
-    assert "<svg" in html and "complete" in html
+    page = write_sweep_index(root.root).read_text()
+    assert "trial_0001/realtime_evaluations/report.html" in page and "trial_0002" in page
+    assert "<svg" in page and "complete" in page
 
-
-def test_report_of_an_empty_trial(tmp_path):
-    t = Trial(tmp_path / "trial_0009")
-    t.root.mkdir()
-    assert "No checkpoint has been scored yet" in write_trial_report(t).read_text()

@@ -21,6 +21,7 @@ def metric_curves(points: list[tuple[float, dict]], baseline: dict | None, xlabe
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = [n for n in CURVE_METRICS if any(m.get(n) is not None for _, m in points)
              or (baseline and baseline.get(n) is not None)]
@@ -35,6 +36,7 @@ def metric_curves(points: list[tuple[float, dict]], baseline: dict | None, xlabe
         ax.plot(xs, ys, marker="o", color="#2563eb", linewidth=1.5, markersize=4, label="checkpoints")
         if baseline and baseline.get(name) is not None:
             ax.axhline(baseline[name], color="#9ca3af", linestyle="--", linewidth=1, label="baseline")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole numbers
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.tick_params(labelsize=7)
@@ -54,6 +56,7 @@ def score_curves(series: dict[str, list[tuple[float, float]]]) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if not any(series.values()):
         return ""
@@ -61,6 +64,7 @@ def score_curves(series: dict[str, list[tuple[float, float]]]) -> str:
     for name, pts in sorted(series.items()):
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, linewidth=1.2, label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("score")
     ax.grid(alpha=0.3)

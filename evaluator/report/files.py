@@ -6,21 +6,25 @@ from dataclasses import dataclass, field
 
 from shared.errors import FileFormatError
 from shared.jsonio import read_model_or_none
-from shared.records import CheckpointMetrics, EvaluationSummary, Params, TrainerStatus
+from shared.records import CheckpointMetrics, EvaluationSummary, Params, StopRequest, TrainerStatus
 from shared.trial import BASELINE, Trial
 
 
 @dataclass
 class TrialFiles:
+    """Everything a report shows about one trial; ``None`` where a file does not exist (yet)."""
+
     params: Params | None = None
     status: TrainerStatus | None = None
     summary: EvaluationSummary | None = None
+    stop_request: StopRequest | None = None
     baseline: CheckpointMetrics | None = None
     metrics: dict[str, CheckpointMetrics] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
-def _read(path, model, problems):
+def _read(path, model, problems: list[str]):
+    """The file through its contract model; a malformed one is listed as a problem instead of raising."""
     try:
         return read_model_or_none(path, model)
     except FileFormatError as e:
@@ -29,10 +33,12 @@ def _read(path, model, problems):
 
 
 def read_trial(trial: Trial) -> TrialFiles:
+    """Read a trial folder as it is right now: a page must render mid-run, before any evaluation."""
     f = TrialFiles()
     f.params = _read(trial.params_path, Params, f.problems)
     f.status = _read(trial.status_path, TrainerStatus, f.problems)
     f.summary = _read(trial.evaluation_summary_path, EvaluationSummary, f.problems)
+    f.stop_request = _read(trial.stop_request_path, StopRequest, f.problems)
     names = ([BASELINE] if f.summary and f.summary.baseline else []) + (list(f.summary.checkpoints) if f.summary else [])
     for name in names:
         folder = trial.baseline_dir if name == BASELINE else trial.checkpoint_eval_dir(name)
@@ -44,12 +50,16 @@ def read_trial(trial: Trial) -> TrialFiles:
 
 
 def trial_state(f: TrialFiles) -> str:
-    """complete / pruned / stopped early / failed / running, as a sweep table shows it."""
+    """complete / pruned / stopped early / stopped / failed / running / waiting, as a sweep table shows it.
+
+    A trial stopped by a stop request is "pruned" when the sweep's pruner asked (reason ``pruned``),
+    else "stopped early" (the evaluator's early stop, or a user).
+    """
     if f.status is None:
         return "waiting"
     st = f.status.state
     if st == "finished":
         return "complete"
     if st == "stopped_early":
-        return "pruned" if "pruned" in f.status.message else "stopped early"
-    return st
+        return "pruned" if f.stop_request is not None and f.stop_request.reason == "pruned" else "stopped early"
+    return "running" if st == "starting" else st

@@ -9,6 +9,7 @@ COLUMNS = ("score", "clip_t", "clip_i", "color_swd_lab", "ssim_prev", "failure_r
 
 
 def print_summary_table(trial: Trial) -> None:
+    """Print the trial's checkpoints in training order with key metrics; the baseline first, best starred."""
     from rich.console import Console
     from rich.table import Table
 

@@ -14,6 +14,7 @@ from shared.trial import SweepRoot
 
 
 def write_sweep_index(root: Path) -> Path:
+    """Rewrite ``index.html`` at a sweep root atomically from whatever its trials hold now."""
     sweep = SweepRoot(root)
     rows, series = [], {}
     for trial in sweep.trials():
@@ -33,8 +34,9 @@ def write_sweep_index(root: Path) -> Path:
     for score, trial, f, best, params, n in rows:
         link = escape(f"{trial.name}/realtime_evaluations/report.html", quote=True)
         state = trial_state(f)
+        css_state = escape(state.replace(" ", "-"), quote=True)
         ptext = ", ".join(f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}" for k, v in params.items())
-        out.append(f"<tr><td><a href='{link}'>{escape(trial.name)}</a></td><td class='state-{escape(state)}'>"
+        out.append(f"<tr><td><a href='{link}'>{escape(trial.name)}</a></td><td class='state-{css_state}'>"
                    f"{escape(state)}</td><td>{'–' if best is None else f'{score:.4f}'}</td>"
                    f"<td>{escape(best.checkpoint) if best else '–'}</td><td>{n}</td><td>{escape(ptext)}</td></tr>")
     out.append("</table><h2>Score against epoch</h2>")

@@ -22,7 +22,10 @@ th{background:#f9fafb} .grid td{padding:3px;vertical-align:top} .grid img{width:
 image-rendering:pixelated;border-radius:3px} .best{outline:3px solid #f59e0b;background:#fffbeb}
 .prompt{max-width:260px;font-size:12px} .failed{opacity:.35} .chips span{display:inline-block;background:#f3f4f6;
 border-radius:10px;padding:2px 10px;margin:2px;font-size:12px} .state-finished{color:#047857}
-.state-failed{color:#b91c1c} .state-running{color:#2563eb} .curves svg{max-width:100%;height:auto}
+.state-failed{color:#b91c1c} .state-running{color:#2563eb} .state-complete{color:#047857}
+.state-pruned,.state-stopped-early,.state-stopped_early,.state-stopped{color:#b45309}
+.missing{width:160px;height:60px;display:flex;align-items:center;justify-content:center;background:#f3f4f6;
+color:#9ca3af;font-size:11px} .curves svg{max-width:100%;height:auto}
 """
 
 KEY_METRICS = ("score", "clip_t", "clip_i", "cmmd", "color_swd_lab", "color_delta_e2000_mean", "ssim_prev",
@@ -31,6 +34,7 @@ KEY_METRICS = ("score", "clip_t", "clip_i", "cmmd", "color_swd_lab", "color_delt
 
 
 def _fmt(v) -> str:
+    """A cell value: 4 decimals for floats, a dash for missing, everything escaped."""
     if v is None:
         return "–"
     if isinstance(v, float):
@@ -39,6 +43,7 @@ def _fmt(v) -> str:
 
 
 def _params_rows(f: TrialFiles) -> list[tuple[str, str]]:
+    """The config values that tell trials apart, plus a sweep's sampled values (unescaped)."""
     if f.params is None:
         return []
     c = f.params.config
@@ -54,6 +59,7 @@ def _params_rows(f: TrialFiles) -> list[tuple[str, str]]:
 
 
 def render_trial(trial: Trial, f: TrialFiles) -> str:
+    """The page as one string: grid, curves, metrics table, failures, parameters, unreadable files."""
     s = f.summary
     entries = s.ordered() if s else []
     best = s.best.checkpoint if s and s.best else None
@@ -93,6 +99,9 @@ def render_trial(trial: Trial, f: TrialFiles) -> str:
                     continue
                 smp = m.samples[i]
                 src = escape(f"{name}/{smp.file}", quote=True)
+                if not (trial.evaluations_dir / name / smp.file).is_file():
+                    out.append(f"<td{cls}><div class='missing'>image missing</div></td>")
+                    continue
                 img_cls = " class='failed'" if smp.failed else ""
                 title = escape(f"{name} · {smp.prompt} · seed {smp.seed}" + (f" · failed: {smp.failed}" if smp.failed
                                                                                  else ""), quote=True)

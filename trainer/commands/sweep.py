@@ -1,7 +1,8 @@
 """Run an Optuna sweep: each trial trains in <root>/trial_NNNN/ and is pruned from checkpoint scores.
 
 The study lives in sqlite:///<root>/study.db unless --storage names another (postgresql://user:pw@host/db
-lets several machines share one study). Re-running the same command continues the study.
+lets several machines share one study). Re-running the same command continues the study until
+--n-trials trials are done; see docs/sweeps.md.
 
 Examples:
   python -m trainer sweep --config configs/demo-sweep.toml
@@ -22,11 +23,13 @@ from trainer.sweep.driver import Sweep, SweepOptions
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="a run config with a [sweep] section")
     parser.add_argument("--root", type=Path, help="sweep folder (default: sweep.root)")
-    parser.add_argument("--n-trials", type=int, help="finished trials to reach in the study (default: sweep.n_trials)")
+    parser.add_argument("--n-trials", type=int, help="trials to reach in the study: complete, pruned or failed, "
+                        "not counting ones interrupted by a killed sweep (default: sweep.n_trials)")
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<root>/study.db)")
     parser.add_argument("--study", help="study name (default: sweep.study_name)")
     parser.add_argument("--evaluator", choices=["auto", "none"], default="auto",
-                        help="auto: start an evaluator on the root for the sweep's lifetime; "
+                        help="auto (default): use an evaluator already watching the root on this machine, "
+                             "else start one for the sweep's lifetime; "
                              "none: one is already running (run_pair.sh --sweep starts it)")
 
 
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         raise EpochscopeError(f"{args.config}: no [sweep] section (see configs/demo-sweep.toml)")
     root = (args.root or Path(config.sweep.root)).resolve()
     opts = SweepOptions(config_path=args.config.resolve(), config=config, root=root,
-                        n_trials=args.n_trials or config.sweep.n_trials,
+                        n_trials=config.sweep.n_trials if args.n_trials is None else args.n_trials,
                         storage=args.storage or config.sweep.storage or SweepRoot(root).default_storage,
                         study_name=args.study or config.sweep.study_name,
                         start_evaluator=args.evaluator == "auto")

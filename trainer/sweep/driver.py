@@ -1,9 +1,9 @@
 """The sweep loop: one Optuna study (SQLite by default, PostgreSQL for many machines), one trainer
-process per trial, pruning from the evaluator's scores as checkpoints land."""
+process per trial in ``<root>/trial_NNNN`` (NNNN = Optuna's trial number + 1, unique across workers),
+pruning from the evaluator's scores as checkpoints land."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -13,42 +13,26 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from shared.config import RunConfig
 from shared.errors import EpochscopeError
 from shared.jsonio import read_model_or_none, write_model
-from shared.records import StopRequest, SweepInfo, TrainerStatus
+from shared.records import Metrics, Params, StopRequest, SweepInfo, TrainerStatus
 from shared.trial import SweepRoot, Trial
 from trainer.commands.run import SWEEP_INFO_ENV
+from trainer.sweep import bookkeeping
+from trainer.sweep.children import child_env, evaluator_serving, spawn, stop_group
 from trainer.sweep.monitor import ScoreFollower, all_scored, objective_value, read_summary
-from trainer.sweep.space import build_pruner, build_sampler, sample
+from trainer.sweep.space import build_pruner, build_sampler, sample, sampler_seed
+from trainer.sweep.storage import masked, open_study
 
 log = logging.getLogger("epochscope.sweep")
-POLL_S = 1.0
-
-
-def masked(url: str) -> str:
-    """A storage URL without its password, for files people share."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
-def with_driver(url: str) -> str:
-    """``postgresql://`` with whichever driver is installed: SQLAlchemy 2.1 assumes psycopg 3, and many
-    machines have psycopg2."""
-    scheme, sep, rest = url.partition("://")
-    if scheme not in ("postgresql", "postgres"):
-        return url
-    import importlib.util
-
-    for module, dialect in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
-        if importlib.util.find_spec(module) is not None:
-            return f"{dialect}{sep}{rest}"
-    raise EpochscopeError("a postgresql:// storage needs a driver: pip install 'psycopg[binary]' or psycopg2-binary")
+POLL_S = 0.5
+EVALUATOR_CHECK_S = 5.0
+EVALUATOR_RESTARTS = 3
+NO_EVALUATOR_WARNING_S = 30.0
+PRUNED_STOP_WAIT_S = 300.0  # a pruned trainer saves and stops; past this it is stopped by signal
+SUCCESS_STATES = ("finished", "stopped_early")  # stopped_early: the evaluator's own early stopping
 
 
 @dataclass
@@ -62,9 +46,20 @@ class SweepOptions:
     start_evaluator: bool
     python: str = sys.executable
 
+    @property
+    def shared_storage(self) -> bool:
+        """Anything but this root's own SQLite file may be shared with other workers."""
+        return self.storage != SweepRoot(self.root).default_storage
+
 
 class TrialFailed(Exception):
-    pass
+    """The trial FAILed for a reason recorded in its ``fail_reason`` user attr; the sweep goes on."""
+
+
+def fail(trial, reason: str) -> TrialFailed:
+    trial.set_user_attr(bookkeeping.FAIL_REASON, reason)
+    log.warning("trial %d failed: %s", trial.number + 1, reason)
+    return TrialFailed(reason)
 
 
 class Sweep:
@@ -73,67 +68,48 @@ class Sweep:
         self.cfg = opts.config.sweep
         self.root = SweepRoot(opts.root)
         self.evaluator: subprocess.Popen | None = None
+        self._evaluator_checked = -1e9
+        self._evaluator_starts = 0
+        self._other_evaluator: int | None = None
+        if self.cfg.objective not in Metrics.model_fields:
+            raise EpochscopeError(f"{opts.config_path}: sweep.objective = {self.cfg.objective!r} is not a metric; "
+                                  f"use one of {', '.join(Metrics.model_fields)}")
 
     # ---------------------------------------------------------------- study
 
-    def study(self):
+    def open_study(self):
+        """Open (or create) the study, plant the enqueued trials once, and fail what dead sweeps left."""
         import optuna
 
-        import warnings
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        # Enqueued fixed values outside the search range are intended (a planted bad setting).
-        warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
-        try:
-            study = optuna.create_study(study_name=self.opts.study_name, storage=with_driver(self.opts.storage),
-                                        load_if_exists=True, direction=self.cfg.direction,
-                                        sampler=build_sampler(self.cfg), pruner=build_pruner(self.cfg))
-        except Exception as e:  # noqa: BLE001 - storage errors come in many types
-            raise EpochscopeError(f"cannot open the study {self.opts.study_name!r} at {masked(self.opts.storage)}: "
-                                  f"{type(e).__name__}: {e}") from None
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # outcomes are logged here, without tracebacks
+        study = open_study(self.opts.storage, self.opts.study_name, self.cfg.direction,
+                           build_sampler(self.cfg, None), build_pruner(self.cfg))
+        worker = f"{socket.gethostname()}:{os.getpid()}" if self.opts.shared_storage else None
+        study.sampler = build_sampler(self.cfg, sampler_seed(self.cfg.seed, len(study.trials), worker))
         for params in self.cfg.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
-        self._fail_orphans(study)
+        bookkeeping.fail_orphans(study)
+        optuna.storages.fail_stale_trials(study)  # other machines' dead workers, after the heartbeat grace
         return study
 
-    def _fail_orphans(self, study) -> None:
-        """Trials left RUNNING by a sweep process of this machine that is gone: mark them FAIL."""
-        import optuna
-
-        host = socket.gethostname()
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            if t.user_attrs.get("host") != host or _alive(t.user_attrs.get("pid")):
-                continue
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "the sweep process running it died")
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-            log.info("trial %d was left running by a stopped sweep: marked FAIL", t.number + 1)
-
-    def finished_count(self, study) -> int:
-        """Trials that count towards n_trials: finished, or running on some worker right now.
-
-        Counting running ones keeps several workers on one study from overshooting; failed trials do
-        not count (a crashed trial is replaced), but as many failures as n_trials end the sweep."""
-        import optuna
-
-        S = optuna.trial.TrialState
-        return len(study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING)))
+    def _check_root(self) -> None:
+        """A root belongs to one study: trial numbers of two studies would share folder names."""
+        for t in self.root.trials():
+            params = read_model_or_none(t.params_path, Params)
+            if params is not None and params.sweep is not None and params.sweep.study_name != self.opts.study_name:
+                raise EpochscopeError(f"{t.params_path}: {self.root.root} holds trials of the study "
+                                      f"{params.sweep.study_name!r}, not {self.opts.study_name!r}; "
+                                      "use another --root or the same --study")
 
     def _enough(self, study) -> bool:
-        import optuna
-
-        failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
-        if failed >= self.opts.n_trials:
-            log.error("%d trials failed: stopping the sweep (see fail_reason in the study or trial folders)", failed)
-            return True
-        return self.finished_count(study) >= self.opts.n_trials
+        return bookkeeping.counted(study) >= self.opts.n_trials
 
     # ---------------------------------------------------------------- one trial
 
     def objective(self, trial) -> float:
         import optuna
 
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
+        bookkeeping.claim(trial)
         number = trial.number + 1
         t = self.root.trial(number)
         values = sample(trial, self.cfg.space, self.opts.config)
@@ -141,150 +117,176 @@ class Sweep:
                                                    for k, v in values.items()))
         proc = self._start_trainer(t, number, values)
         follower = ScoreFollower(self.cfg.objective)
-        pruned = False
+        interrupted = False
         try:
-            while proc.poll() is None:
-                time.sleep(POLL_S)
-                for epoch, value in follower.new_points(read_summary(t)):
-                    trial.report(value, epoch)
-                    if not pruned and trial.should_prune():
-                        pruned = True
-                        log.info("trial %d: pruned at epoch %d (score %.4f)", number, epoch, value)
-                        write_model(t.stop_request_path, StopRequest(reason="pruned", requested_by="sweep",
-                                                                     detail=f"{self.cfg.objective} {value:.4f} at "
-                                                                            f"epoch {epoch}"))
+            pruned_at = self._follow_training(proc, t, trial, follower)
             status = read_model_or_none(t.status_path, TrainerStatus)
-            if pruned:
+            if pruned_at is not None:
                 trial.set_user_attr("stopped_at_epoch", status.epoch if status else None)
-                raise optuna.TrialPruned()
-            if proc.returncode != 0 or status is None or status.state != "finished":
-                reason = status.message if status else f"trainer exited with {proc.returncode}"
-                trial.set_user_attr("fail_reason", reason)
-                raise TrialFailed(reason)
+                raise optuna.TrialPruned(f"pruned at epoch {pruned_at}")
+            if proc.returncode != 0 or status is None or status.state not in SUCCESS_STATES:
+                reason = (status.message if status and status.message
+                          else f"trainer exited with {proc.returncode}; see {t.root / 'sweep_trainer.out'}")
+                raise fail(trial, f"trainer {status.state if status else 'crashed'}: {reason}")
             value = self._wait_for_scores(t, trial, follower)
+        except KeyboardInterrupt:
+            interrupted = True
+            bookkeeping.mark_interrupted(trial, "the sweep was interrupted")
+            raise
         finally:
-            _stop_group(proc)
-            self._refresh_index()
+            stop_group(proc)
+            if not interrupted:  # the sweep refreshes the index once on its way out
+                self._refresh_index()
         log.info("trial %d: %s = %.4f", number, self.cfg.objective, value)
         return value
 
     def _start_trainer(self, t: Trial, number: int, values: dict) -> subprocess.Popen:
+        """``trainer run --new`` on the sweep's config with the sampled values as ``--set`` overrides; the
+        sweep info reaches params.json through an environment variable the run command reads."""
+        import json
+
         info = SweepInfo(study_name=self.opts.study_name, storage=masked(self.opts.storage), trial_number=number,
                          params=values)
         args = [self.opts.python, "-m", "trainer", "run", "--config", str(self.opts.config_path), "--new",
                 "--output-dir", str(t.root)]
         for key, value in values.items():
             args += ["--set", f"{key}={json.dumps(value)}"]
-        env = {**child_env(), SWEEP_INFO_ENV: info.model_dump_json(), "PYTHONUNBUFFERED": "1"}
         t.root.mkdir(parents=True, exist_ok=True)
-        log_file = open(t.root / "sweep_trainer.out", "ab")  # noqa: SIM115 - lives as long as the child
-        return subprocess.Popen(args, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        with open(t.root / "sweep_trainer.out", "ab") as out:  # the child keeps its own copy of the fd
+            return spawn(args, {**child_env(), SWEEP_INFO_ENV: info.model_dump_json()}, out)
 
-    def _wait_for_scores(self, t: Trial, trial, follower: ScoreFollower) -> float:
-        """Training is done: the objective is taken once the evaluator has scored every checkpoint."""
-        deadline = time.monotonic() + self.cfg.trial_timeout_s
-        output_name = self.opts.config.output.name
-        while True:
+    def _follow_training(self, proc: subprocess.Popen, t: Trial, trial, follower: ScoreFollower) -> int | None:
+        """Report each newly scored checkpoint while the trainer runs; on the pruner's word ask the trainer
+        to stop. Returns the epoch (or step) at which the trial was pruned, or None."""
+        pruned_at: int | None = None
+        pruned_since = 0.0
+        while proc.poll() is None:
+            time.sleep(POLL_S)
+            self._ensure_evaluator()
             summary = read_summary(t)
             for epoch, value in follower.new_points(summary):
                 trial.report(value, epoch)
+                if pruned_at is None and trial.should_prune():
+                    pruned_at, pruned_since = epoch, time.monotonic()
+                    log.info("trial %d: pruned at epoch %d (%s %.4f)", trial.number + 1, epoch, self.cfg.objective,
+                             value)
+                    best = summary.best.checkpoint if summary and summary.best else None
+                    write_model(t.stop_request_path, StopRequest(
+                        reason="pruned", requested_by="sweep", best_checkpoint=best,
+                        detail=f"{self.cfg.objective} {value:.4f} at epoch {epoch}: below the pruner's threshold"))
+            if pruned_at is not None and time.monotonic() - pruned_since > PRUNED_STOP_WAIT_S:
+                log.warning("trial %d: the trainer did not stop on the stop request; stopping it", trial.number + 1)
+                stop_group(proc)
+        return pruned_at
+
+    def _wait_for_scores(self, t: Trial, trial, follower: ScoreFollower) -> float:
+        """Training is done: the objective is taken once the evaluator has scored every checkpoint."""
+        start = time.monotonic()
+        deadline = start + self.cfg.trial_timeout_s
+        output_name = self.opts.config.output.name
+        warned = self.opts.start_evaluator
+        while True:
+            self._ensure_evaluator()
+            summary = read_summary(t)
+            for epoch, value in follower.new_points(summary):
+                trial.report(value, epoch)  # recorded for the curves; a finished trial is not pruned
             if all_scored(t, summary, output_name):
                 value = objective_value(summary, self.cfg.objective, self.cfg.direction)
                 if value is None:
-                    trial.set_user_attr("fail_reason", "no checkpoint could be scored")
-                    raise TrialFailed("no checkpoint could be scored")
+                    raise fail(trial, f"no checkpoint could be scored (see {t.evaluation_summary_path})")
                 return value
+            if not warned and time.monotonic() - start > NO_EVALUATOR_WARNING_S:
+                warned = True
+                if evaluator_serving(self.root.root) is None:
+                    log.warning("no `evaluator watch --dir %s` runs on this machine: trial %d waits up to %.0f s "
+                                "for its scores (sweep.trial_timeout_s)", self.root.root, trial.number + 1,
+                                self.cfg.trial_timeout_s)
             if time.monotonic() > deadline:
-                reason = (f"the evaluator did not score every checkpoint within {self.cfg.trial_timeout_s:.0f} s "
-                          "(is `python -m evaluator watch --dir <sweep root>` running?)")
-                trial.set_user_attr("fail_reason", reason)
-                raise TrialFailed(reason)
+                raise fail(trial, f"the evaluator did not score every checkpoint within "
+                                  f"{self.cfg.trial_timeout_s:.0f} s (sweep.trial_timeout_s); is "
+                                  f"`python -m evaluator watch --dir {self.root.root}` running?")
             time.sleep(POLL_S)
 
     def _refresh_index(self) -> None:
         # The trainer never imports the evaluator: it asks its CLI, and a failure costs only the page.
-        subprocess.run([self.opts.python, "-m", "evaluator", "report", "--dir", str(self.root.root)],
-                       capture_output=True, timeout=120, check=False)
+        try:
+            subprocess.run([self.opts.python, "-m", "evaluator", "report", "--dir", str(self.root.root)],
+                           capture_output=True, timeout=120, check=False, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            log.warning("could not refresh %s", self.root.index_path)
+
+    # ---------------------------------------------------------------- the evaluator
+
+    def _ensure_evaluator(self, force: bool = False) -> None:
+        """--evaluator auto: keep one evaluator serving the root. One already running on this machine
+        (``evaluator watch --dir ROOT``) is used; otherwise the sweep starts its own, and starts it
+        again if it exits (a few times)."""
+        if not self.opts.start_evaluator:
+            return
+        now = time.monotonic()
+        if not force and now - self._evaluator_checked < EVALUATOR_CHECK_S:
+            return
+        self._evaluator_checked = now
+        if self.evaluator is not None and self.evaluator.poll() is None:
+            return
+        other = evaluator_serving(self.root.root)
+        if other is not None:
+            if other != self._other_evaluator:
+                log.info("an evaluator (pid %d) already serves %s: using it", other, self.root.root)
+            self._other_evaluator = other
+            return
+        if self._evaluator_starts >= EVALUATOR_RESTARTS:
+            raise EpochscopeError(f"the evaluator for {self.root.root} exited {self._evaluator_starts} times; see "
+                                  "its messages above, or run it yourself and pass --evaluator none")
+        if self._evaluator_starts:
+            log.warning("the evaluator exited (code %s): starting it again", self.evaluator.returncode)
+        self._evaluator_starts += 1
+        self.evaluator = spawn([self.opts.python, "-m", "evaluator", "watch", "--dir", str(self.root.root)],
+                               child_env())
 
     # ---------------------------------------------------------------- the loop
 
     def run(self) -> int:
-        import optuna
-
+        signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: the running trial is recorded
         self.root.root.mkdir(parents=True, exist_ok=True)
-        study = self.study()
-        done = self.finished_count(study)
-        if self.opts.start_evaluator and done < self.opts.n_trials:
-            self._start_evaluator()
-        log.info("study %s at %s: %d of %d trials finished", self.opts.study_name, masked(self.opts.storage), done,
-                 self.opts.n_trials)
+        self._check_root()
+        study = self.open_study()
+        done = bookkeeping.counted(study)
+        log.info("study %s at %s: %d of %d trials done or running", self.opts.study_name,
+                 masked(self.opts.storage), done, self.opts.n_trials)
+        if done >= self.opts.n_trials:
+            return self._print_results(study)
+        finished = False
         try:
-            if self._enough(study):
-                return self._print_results(study)
+            self._ensure_evaluator(force=True)
             study.optimize(self.objective, callbacks=[lambda st, _: self._enough(st) and st.stop()],
                            catch=(TrialFailed,), gc_after_trial=True)
+            finished = True  # every trial refreshed the index already
         finally:
             if self.evaluator is not None:
-                _stop_group(self.evaluator)
-            self._refresh_index()
+                stop_group(self.evaluator)
+            if not finished:
+                self._refresh_index()
         return self._print_results(study)
 
-    def _start_evaluator(self) -> None:
-        self.evaluator = subprocess.Popen([self.opts.python, "-m", "evaluator", "watch", "--dir", str(self.root.root)],
-                                          start_new_session=True, stdin=subprocess.DEVNULL, env=child_env())
-
     def _print_results(self, study) -> int:
-        for t in sorted(study.trials, key=lambda t: t.number):
+        """One line per trial, then the best; exit 1 when no trial completed."""
+        import optuna
+
+        waiting = optuna.trial.TrialState.WAITING
+        for t in sorted((t for t in study.trials if t.state != waiting), key=lambda t: t.number):
             value = "-" if t.value is None else f"{t.value:.4f}"
-            note = t.user_attrs.get("fail_reason", "")
+            note = t.user_attrs.get(bookkeeping.FAIL_REASON, "")
             print(f"trial_{t.number + 1:04d}  {t.state.name:<8} {value:>8}  {t.params} {note}".rstrip(), flush=True)
+        print(f"index: {self.root.index_path}")
         try:
             best = study.best_trial
-            print(f"best: trial_{best.number + 1:04d} {self.cfg.objective} = {best.value:.4f} {best.params}")
         except ValueError:
-            print("no trial completed")
-        print(f"index: {self.root.index_path}")
+            print("no trial completed", flush=True)
+            return 1
+        print(f"best: trial_{best.number + 1:04d} {self.cfg.objective} = {best.value:.4f} {best.params}", flush=True)
         return 0
 
 
-def child_env() -> dict[str, str]:
-    """On a CPU-only machine the trainer and the evaluator split the cores: each taking all of them
-    makes both several times slower."""
-    env = dict(os.environ)
-    if "OMP_NUM_THREADS" not in env:
-        try:
-            import torch
-
-            cpu_only = not torch.cuda.is_available()
-        except ImportError:
-            cpu_only = True
-        if cpu_only:
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // 2))
-    return env
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-
-
-def _stop_group(proc: subprocess.Popen, wait_s: float = 60.0) -> None:
-    """Ask a child's group to stop (the trainer saves on SIGINT), then make sure it is gone."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGINT, wait_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+def _interrupt(signum, frame) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt

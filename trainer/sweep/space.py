@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+import zlib
 from typing import Any
 
 from shared.config import RunConfig, SearchDimension, get_dotted
@@ -10,6 +12,13 @@ from shared.errors import ConfigError
 
 def sample(trial, space: dict[str, SearchDimension], base: RunConfig) -> dict[str, Any]:
     """One value per dimension. Integer fields (e.g. network.dim) get integers."""
+    with warnings.catch_warnings():
+        # An enqueued value outside the range is intended (e.g. a planted bad setting).
+        warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
+        return _sample(trial, space, base)
+
+
+def _sample(trial, space: dict[str, SearchDimension], base: RunConfig) -> dict[str, Any]:
     data = base.model_dump()
     values: dict[str, Any] = {}
     for key, dim in space.items():
@@ -49,9 +58,24 @@ def build_pruner(cfg):
     return inner
 
 
-def build_sampler(cfg):
+def sampler_seed(seed: int | None, trials_so_far: int, worker: str | None = None) -> int | None:
+    """The sampler's seed for this sweep process.
+
+    A resumed sweep must not replay the random start of the first run (it would sample the same values
+    again), so the seed moves on with the trials already in the study. Workers sharing one study start
+    together with the same count, so on a shared storage the worker's name (host:pid) is mixed in.
+    """
+    if seed is None:
+        return None
+    mixed = seed + trials_so_far
+    if worker is not None:
+        mixed ^= zlib.crc32(worker.encode())
+    return mixed % 2**32
+
+
+def build_sampler(cfg, seed: int | None):
     import optuna
 
     if cfg.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
-    return optuna.samplers.TPESampler(seed=cfg.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
