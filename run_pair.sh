@@ -8,10 +8,24 @@
 #
 # GPUs: 2+ -> trainer on all but the last, evaluator on the last; 1 -> shared (evaluation.gpu_sharing);
 # 0 -> CPU (the cores are split between the two). TRAIN_GPUS="0,1" / EVAL_GPU=2 override ("cpu" is allowed).
-# Ctrl-C or SIGTERM: the trainer saves and stops, the evaluator finishes its current checkpoint; a second
-# Ctrl-C stops both at once. Nothing is left running.
-# Exit status: the trainer's, or the evaluator's if the trainer succeeded and the evaluator did not.
+# Ctrl-C or SIGTERM, at any moment: the trainer stops at a resumable point (builtin: it saves a checkpoint
+# and its state first; sd-scripts: its last complete checkpoint and state are kept), the evaluator finishes
+# its current checkpoint; a second Ctrl-C stops both at once. Nothing is left running.
+# Exit status: the trainer's (or the sweep's), or the evaluator's if that succeeded and the evaluator
+# failed by itself (one we asked to stop is no failure). Interrupted: 130.
 set -u
+# From the first instruction: a signal is remembered (and forwarded once something runs), never lost.
+TRAIN_PID=""; EVAL_PID=""; interrupted=0
+train_ready=0   # 1 once the trainer handles SIGINT (its status names its pid); until then a signal waits
+forward() {  # Ctrl-C / SIGTERM / hang-up: ask both process groups to stop (a second time: at once)
+  interrupted=$((interrupted + 1))
+  [ "$interrupted" -eq 1 ] && [ -n "$TRAIN_PID$EVAL_PID" ] &&
+    echo "run_pair: stopping (the trainer stops at a resumable point; Ctrl-C again to stop at once)"
+  [ "$train_ready" -eq 0 ] || [ -z "$TRAIN_PID" ] || kill -INT -- "-$TRAIN_PID" 2>/dev/null
+  [ -z "$EVAL_PID" ] || kill -INT -- "-$EVAL_PID" 2>/dev/null
+}
+trap forward INT TERM HUP
+bail_if_interrupted() { [ "$interrupted" -eq 0 ] || { echo "run_pair: interrupted before training started" >&2; exit 130; }; }
 CALLER_PWD=$PWD
 cd "$(dirname "$0")" || exit 1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -47,6 +61,7 @@ if [ ! -f .venv/.epochscope-installed ]; then
   echo "run_pair: first run: setting up .venv (a few minutes)"
   make setup || exit 1
 fi
+bail_if_interrupted
 PY=$PWD/.venv/bin/python
 
 # Where the trial (or sweep root) lives and how one GPU is shared come from the config, resolved as the
@@ -65,12 +80,17 @@ if sweep and c.sweep is None:
 print(c.evaluation.gpu_sharing, root or (c.sweep.root if sweep else c.output.dir))
 PY
 )
+bail_if_interrupted
 [ -n "${TARGET:-}" ] || exit 2   # the config error is already on stderr
 
 # ---------------------------------------------------------------- GPU placement
 ngpu=0
 if command -v nvidia-smi >/dev/null 2>&1; then ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); fi
 all_gpus=""; [ "$ngpu" -gt 0 ] && all_gpus=$(seq -s, 0 $((ngpu - 1)))
+if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then   # the caller's choice of GPUs is the pool we place in
+  all_gpus=$(printf '%s' "$CUDA_VISIBLE_DEVICES" | tr -d ' ')
+  ngpu=0; [ -n "$all_gpus" ] && ngpu=$(printf '%s\n' "${all_gpus//,/$'\n'}" | grep -c .)
+fi
 without() {  # without "0,1,2" "1,2" -> "0"
   local out="" g
   for g in ${1//,/ }; do case ",$2," in *",$g,"*) ;; *) out="${out:+$out,}$g" ;; esac; done
@@ -86,9 +106,9 @@ elif [ -n "${EVAL_GPU:-}" ]; then
   eval_gpu=$EVAL_GPU; train_gpus=$(without "$all_gpus" "$EVAL_GPU")
   [ -n "$train_gpus" ] || train_gpus=${EVAL_GPU}
 elif [ "$ngpu" -ge 2 ]; then
-  train_gpus=$(seq -s, 0 $((ngpu - 2))); eval_gpu=$((ngpu - 1))
+  eval_gpu=${all_gpus##*,}; train_gpus=${all_gpus%,*}
 elif [ "$ngpu" -eq 1 ]; then
-  train_gpus=0; eval_gpu=0
+  train_gpus=$all_gpus; eval_gpu=$all_gpus
 else
   train_gpus=cpu; eval_gpu=cpu
 fi
@@ -119,17 +139,13 @@ if [ "$dry_run" = 1 ]; then
   exit 0
 fi
 # The offline demo model and dataset, built once (cached) when the config uses them.
-if grep -q '"demo:' "$CONFIG"; then "$PY" -m shared.demo_assets >/dev/null || exit 1; fi
+if grep -q '"demo:' "$CONFIG"; then "$PY" -m shared.demo_assets >/dev/null || { bail_if_interrupted; exit 1; }; fi
 
 # ---------------------------------------------------------------- run both
-TRAIN_PID=""; EVAL_PID=""; interrupted=0
-forward() {  # Ctrl-C / SIGTERM / hang-up: ask both process groups to stop (a second time: at once)
-  interrupted=$((interrupted + 1))
-  [ "$interrupted" -eq 1 ] && echo "run_pair: stopping (the trainer saves first; Ctrl-C again to stop at once)"
-  local pid
-  for pid in $TRAIN_PID $EVAL_PID; do kill -INT -- "-$pid" 2>/dev/null; done
-}
-trap forward INT TERM HUP
+bail_if_interrupted
+# One id for this run, given to both: the evaluator's --exit-when-done waits for this trainer's end,
+# never for the previous run's final status.
+[ "$sweep" = 1 ] || export EPOCHSCOPE_RUN_ID="${EPOCHSCOPE_RUN_ID:-pair-$$-$(date +%s%N)}"
 
 start() {  # start TAG CUDA_DEVICES CMD...: the command in its own session, output prefixed with [TAG]
   local tag=$1 devices=$2; shift 2
@@ -139,6 +155,12 @@ start() {  # start TAG CUDA_DEVICES CMD...: the command in its own session, outp
   CUDA_VISIBLE_DEVICES=$devices setsid "$@" >&"$fd" 2>&1 &
   STARTED=$!
   exec {fd}>&-
+  # Until setsid has run there is no group to signal: a Ctrl-C forwarded then would be lost.
+  for _ in $(seq 250); do
+    kill -0 -- "-$STARTED" 2>/dev/null && break
+    kill -0 "$STARTED" 2>/dev/null || break
+    sleep 0.02
+  done
 }
 wait_pid() {  # wait survives the trapped signals; returns the child's exit status
   local rc
@@ -147,29 +169,37 @@ wait_pid() {  # wait survives the trapped signals; returns the child's exit stat
     kill -0 "$1" 2>/dev/null || return "$rc"
   done
 }
-stop_after() {  # give a process some seconds to exit by itself, then stop it
-  local pid=$1 secs=$2
+stop_after() {  # stop_after PID SECS NOTE: give a process SECS to exit by itself, then ask it to stop
+  # (SIGINT: it finishes the checkpoint in hand), and SIGKILL it only if it is still there after
+  # EVAL_KILL_GRACE more seconds. NOTE says why; the file $ASKED_TO_STOP records that we asked.
+  local pid=$1 secs=$2 note=$3
   for _ in $(seq $((secs * 10))); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  echo "run_pair: the evaluator did not exit by itself within ${secs} s: stopping it"
+  [ -z "$note" ] || echo "run_pair: $note"
+  : > "$ASKED_TO_STOP"
   kill -INT -- "-$pid" 2>/dev/null
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  for _ in $(seq $(( ${EVAL_KILL_GRACE:-120} * 10 ))); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  echo "run_pair: the evaluator did not stop within ${EVAL_KILL_GRACE:-120} s of being asked: killing it"
   kill -KILL -- "-$pid" 2>/dev/null
 }
+ASKED_TO_STOP=$(mktemp "${TMPDIR:-/tmp}/run_pair.XXXXXX"); rm -f "$ASKED_TO_STOP"
 
 PREFIXERS=()
 mkdir -p "$TARGET"
 start "$train_tag" "$train_gpus" "${train_cmd[@]}"; TRAIN_PID=$STARTED
-[ "$interrupted" -eq 0 ] || kill -INT -- "-$TRAIN_PID" 2>/dev/null   # Ctrl-C came before its pid was known
 train_rc=""
 if [ "$sweep" = 0 ]; then
   # Start the evaluator once this trainer owns the folder: a previous run's final status must not make
   # it exit, and --new moves that run's files aside first. A trainer that fails before that gets none.
-  while kill -0 "$TRAIN_PID" 2>/dev/null && [ "$interrupted" -eq 0 ]; do
+  # A Ctrl-C before then is passed on at that moment: a Python that is still starting (with SIGINT
+  # ignored, as bash starts background jobs) would lose it.
+  while kill -0 "$TRAIN_PID" 2>/dev/null; do
     grep -Eqs "\"pid\": *$TRAIN_PID[,} ]" "$TARGET/trainer_status.json" && break
     sleep 0.1
   done
-  if ! kill -0 "$TRAIN_PID" 2>/dev/null; then wait_pid "$TRAIN_PID"; train_rc=$?; fi
 fi
+train_ready=1
+[ "$interrupted" -eq 0 ] || kill -INT -- "-$TRAIN_PID" 2>/dev/null   # a Ctrl-C that came while it started
+if [ "$sweep" = 0 ] && ! kill -0 "$TRAIN_PID" 2>/dev/null; then wait_pid "$TRAIN_PID"; train_rc=$?; fi
 if [ "$interrupted" -eq 0 ] && [ "${train_rc:-0}" -eq 0 ]; then
   start evaluator "$eval_gpu" "${watch_cmd[@]}"; EVAL_PID=$STARTED
 fi
@@ -177,13 +207,19 @@ fi
 [ -n "$train_rc" ] || { wait_pid "$TRAIN_PID"; train_rc=$?; }
 eval_rc=0
 if [ -n "$EVAL_PID" ]; then
-  if [ "$sweep" = 1 ] || [ "$train_rc" -ne 0 ] || [ "$interrupted" -gt 0 ]; then
-    # A sweep's evaluator has no end of its own; a failed or stopped trainer leaves little to score.
-    stop_after "$EVAL_PID" "${EVAL_GRACE:-20}" &
+  if [ "$sweep" = 1 ]; then
+    # A sweep's evaluator has no end of its own: it scores what is left, then we ask it to stop.
+    stop_after "$EVAL_PID" "${EVAL_GRACE:-20}" "" &
+  elif [ "$train_rc" -ne 0 ] || [ "$interrupted" -gt 0 ]; then
+    # It exits by itself once the trainer is final and what exists is scored; this is only a backstop.
+    stop_after "$EVAL_PID" "${EVAL_GRACE:-60}" "the evaluator did not exit by itself: asking it to stop" &
   fi
   wait_pid "$EVAL_PID"; eval_rc=$?
+  # An evaluator we asked to stop reports that (130): that is no failure of the pair.
+  if [ -e "$ASKED_TO_STOP" ] && [ "$eval_rc" -eq 130 ]; then eval_rc=0; fi
 fi
 wait 2>/dev/null   # the grace timer
+rm -f "$ASKED_TO_STOP"
 for pid in "${PREFIXERS[@]}"; do   # let the prefixers print the last lines before the table
   for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 done

@@ -1,11 +1,22 @@
-"""The evaluator daemon against the seed's design, measured side by side in one run on the CPU demo.
+"""The evaluator daemon against plain generation and against the seed's design, side by side in one run.
 
-1. Detection latency: checkpoint complete -> evaluation starts, for the watchdog daemon, against a 30 s
-   polling loop given the same completion times (its latency is the wait until its next tick).
-2. Per-checkpoint time: the daemon (models loaded once) against a fresh process per checkpoint
-   (`python -m evaluator run` for each new file: loads the pipeline and CLIP every time).
+1. Plain generation: the same images (prompts, seeds, steps, CFG, size) made by calling the diffusers
+   pipeline directly, in this process, models loaded once: the floor for scoring a checkpoint. It runs
+   right before the daemon gets each checkpoint, so the ratio is taken checkpoint by checkpoint.
+2. The daemon's wall time per fully scored checkpoint: from the moment a checkpoint file is complete
+   until its state entry is ``done`` and the report has been rewritten after it, so swap, generation,
+   metrics and every file (samples, metrics.json, state, summary, TensorBoard, report) are in it.
+   Also the detection latency (complete -> scoring starts) against a 30 s polling loop given the same
+   completion times (its latency is the wait until its next tick).
+3. A fresh process per checkpoint (`python -m evaluator run` for each new file: loads the pipeline and
+   CLIP every time).
 
-  python bench/bench_evaluator.py [--checkpoints 4]
+  python bench/bench_evaluator.py [--checkpoints 4]       # the CPU demo model, 8 samples x 25 steps, 64 px
+  python bench/bench_evaluator.py --sd15                  # SD-1.5 architecture, random weights, 512 px
+  python bench/bench_evaluator.py --sd15 --resolution 64 --steps 2   # the same path, small enough for a CPU
+
+With --sd15 the CLIP for the metrics is a random ViT-B-32 from a local file, and on CUDA the trainer
+trains in bf16 on the GPU.
 """
 
 from __future__ import annotations
@@ -22,34 +33,114 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 POLL_PERIOD_S = 30.0
 
 
-def wait_for(cond, timeout=300):
+def wait_for(cond, timeout=1800, every=0.01):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
+        value = cond()
+        if value:
+            return value
+        time.sleep(every)
     raise TimeoutError
+
+
+def random_vit_b32(dest: Path) -> Path:
+    """A ViT-B-32 CLIP with random weights as a local safetensors file (built once)."""
+    if dest.exists():
+        return dest
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, dest)
+    return dest
+
+
+def write_config(tmp: Path, args) -> Path:
+    from conftest import write_demo_config
+
+    cfg = write_demo_config(tmp / "c.toml", tmp / "src", epochs=args.checkpoints, samples=args.samples,
+                            steps=args.steps)
+    if not args.sd15:
+        return cfg
+    import torch
+
+    from _sd_scripts_helpers import build_sd15_random
+
+    model = build_sd15_random(REPO / ".cache" / "sd15-random")
+    clip = random_vit_b32(REPO / ".cache" / "clip-vit-b-32-random.safetensors")
+    text = cfg.read_text().replace('base = "demo:tiny"', f'base = "{model}"')
+    text = text.replace("resolution = 64", f"resolution = {args.resolution}")
+    text = text.replace('clip_model = "demo:tiny-clip"', f'clip_model = "ViT-B-32"\nclip_pretrained = "{clip}"')
+    if torch.cuda.is_available():
+        text = text.replace("seed = 42", 'seed = 42\nmixed_precision = "bf16"\ndevice = "cuda"')
+    cfg.write_text(text)
+    return cfg
+
+
+def plain_generation(cfg: Path, device: str):
+    """A function that generates the evaluation's images with a plain pipeline call per batch (models loaded
+    once, here), and a description of what it generates."""
+    import torch
+
+    from evaluator.pipeline import _batches, load_pipeline, pick_device, pick_dtype, set_scheduler
+    from evaluator.settings import settings_for
+    from shared.config import load_config
+
+    settings = settings_for(load_config(cfg))
+    device = pick_device(device)
+    pipe = load_pipeline(settings.base, device, pick_dtype("auto", device))
+    set_scheduler(pipe, settings.scheduler)
+    gen = settings.generation
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        for idx in _batches(gen):
+            specs = [gen.samples[i] for i in idx]
+            with torch.no_grad():
+                pipe(prompt=[s.prompt for s in specs], negative_prompt=[s.negative_prompt for s in specs],
+                     num_inference_steps=specs[0].steps, guidance_scale=specs[0].guidance_scale,
+                     height=specs[0].height, width=specs[0].width, output_type="np",
+                     generator=[torch.Generator("cpu").manual_seed(s.seed) for s in specs])
+        return time.perf_counter() - t0
+
+    once()  # warm-up
+    what = (f"{len(gen.samples)} samples x {gen.samples[0].steps} steps, {gen.samples[0].width} px, "
+            f"CFG {gen.samples[0].guidance_scale}, {pipe.unet.dtype}, {device}")
+    return once, what
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoints", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--sd15", action="store_true", help="SD-1.5 architecture with random weights")
+    ap.add_argument("--resolution", type=int, default=None, help="with --sd15 (default 512)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
-    from conftest import write_demo_config
-
+    args.resolution = args.resolution or (512 if args.sd15 else 64)
     from shared.jsonio import read_model, write_model
-    from shared.records import EvaluationState, TrainerStatus
+    from shared.records import CheckpointMetrics, EvaluationState, TrainerStatus
     from shared.trial import Trial
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     n = args.checkpoints
-    cfg = write_demo_config(tmp / "c.toml", tmp / "src", epochs=n, samples=8, steps=25)
+    cfg = write_config(tmp, args)
+    t0 = time.monotonic()
     subprocess.run([sys.executable, "-m", "trainer", "run", "--config", str(cfg), "--new"], cwd=REPO, env=ENV,
                    check=True, capture_output=True)
+    train_s = time.monotonic() - t0
     src = Trial(tmp / "src")
     ckpts = [c.path for c in src.checkpoints("lora")]
 
@@ -62,47 +153,85 @@ def main() -> int:
         write_model(t.status_path, st)
         return t
 
-    # 1 + 2a: the daemon, files landing one by one (written to a temp name, then renamed: complete at once)
+    # Each checkpoint in turn: a plain generation here, then the daemon scores the checkpoint (this process
+    # idle), then a fresh `evaluator run` process scores it in another trial folder. The three measurements
+    # of a checkpoint are adjacent in time, so a machine whose load changes affects them alike.
+    plain_once, plain_what = plain_generation(cfg, args.device)
     t = fresh_trial("daemon")
-    proc = subprocess.Popen([sys.executable, "-m", "evaluator", "watch", "--dir", str(t.root), "--device", "cpu"],
-                            cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = lambda: read_model(t.evaluation_state_path, EvaluationState) if t.evaluation_state_path.exists() else None  # noqa: E731
-    wait_for(lambda: (s := state()) is not None and any(e.name == "baseline" and e.status == "done" for e in s.entries.values()))
-    started = time.time()
-    complete_at = {}
-    for path in ckpts:
-        time.sleep(2.0)
-        tmp_path = t.root / f".{path.name}.part"
-        shutil.copy2(path, tmp_path)
-        complete_at[path.stem] = time.time()
-        os.replace(tmp_path, t.root / path.name)
-        wait_for(lambda: any(e.name == path.stem and e.status == "done" for e in state().entries.values()))
-    proc.terminate()
-    proc.wait(timeout=60)
-    entries = {e.name: e for e in state().entries.values()}
-    latency = [entries[k].started_at.timestamp() - v for k, v in complete_at.items()]
-    polled = [POLL_PERIOD_S - ((v - started) % POLL_PERIOD_S) for v in complete_at.values()]
-    daemon_each = [entries[k].duration_s for k in complete_at]
-
-    # 2b: a fresh process per checkpoint (baseline scored first, not counted)
     t2 = fresh_trial("per-process")
-    subprocess.run([sys.executable, "-m", "evaluator", "run", "--dir", str(t2.root), "--device", "cpu"], cwd=REPO,
-                   env=ENV, check=True, capture_output=True)
-    process_each = []
-    for path in ckpts:
-        shutil.copy2(path, t2.root / path.name)
-        t0 = time.monotonic()
-        subprocess.run([sys.executable, "-m", "evaluator", "run", "--dir", str(t2.root), "--device", "cpu"], cwd=REPO,
-                       env=ENV, check=True, capture_output=True)
-        process_each.append(time.monotonic() - t0)
+    subprocess.run([sys.executable, "-m", "evaluator", "run", "--dir", str(t2.root), "--device", args.device],
+                   cwd=REPO, env=ENV, check=True, capture_output=True)  # its baseline, not counted
+    log_path = tmp / "daemon.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "evaluator", "watch", "--dir", str(t.root), "--device",
+                                 args.device], cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    report = t.evaluations_dir / "report.html"
+
+    def entry(name: str):
+        if not t.evaluation_state_path.exists():
+            return None
+        try:
+            state = read_model(t.evaluation_state_path, EvaluationState)
+        except Exception:  # noqa: BLE001 - read while replaced: try again
+            return None
+        return next((e for e in state.entries.values() if e.name == name and e.status == "done"), None)
+
+    def fully_scored(name: str):
+        """Done in the ledger, and the report rewritten after it: every file of the checkpoint is on disk."""
+        e = entry(name)
+        if e is None or e.finished_at is None or not report.exists():
+            return None
+        return e if report.stat().st_mtime >= e.finished_at.timestamp() - 0.01 else None
+
+    plain, wall, latency, process_each, complete_at = [], [], [], [], {}
+    try:
+        wait_for(lambda: fully_scored("baseline"))
+        started = time.time()
+        for path in ckpts:
+            plain.append(plain_once())
+            time.sleep(1.0)
+            tmp_path = t.root / f".{path.name}.part"  # written to a temp name, then renamed: complete at once
+            shutil.copy2(path, tmp_path)
+            complete_at[path.stem] = time.time()
+            os.replace(tmp_path, t.root / path.name)
+            e = wait_for(lambda: fully_scored(path.stem))
+            wall.append(time.time() - complete_at[path.stem])
+            latency.append(e.started_at.timestamp() - complete_at[path.stem])
+            shutil.copy2(path, t2.root / path.name)
+            t0 = time.monotonic()
+            subprocess.run([sys.executable, "-m", "evaluator", "run", "--dir", str(t2.root), "--device",
+                            args.device], cwd=REPO, env=ENV, check=True, capture_output=True)
+            process_each.append(time.monotonic() - t0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+    polled = [POLL_PERIOD_S - ((v - started) % POLL_PERIOD_S) for v in complete_at.values()]
+    timings = [read_model(next(t.evaluations_dir.glob(f"{p.stem}@*")) / "metrics.json", CheckpointMetrics).timings
+               for p in ckpts]
 
     med = statistics.median
-    print(f"{n} checkpoints, 8 samples x 25 DDIM steps at 64 px, CPU ({os.cpu_count()} cores)")
+    later = slice(1, None) if n > 1 else slice(None)
+    ratios = [w / p for w, p in zip(wall, plain)]
+    model = "SD-1.5 architecture, random weights" if args.sd15 else "demo model"
+    print(f"{model}: {n} checkpoints, {plain_what}; {os.cpu_count()} CPU cores (trained in {train_s:.0f} s)")
+    print(f"plain diffusers generation of the same images: median {med(plain):.2f} s "
+          f"(each: {', '.join(f'{x:.2f}' for x in plain)})")
+    print(f"daemon, wall time per fully scored checkpoint (file complete -> report rewritten): first {wall[0]:.2f} s, "
+          f"then median {med(wall[later]):.2f} s (each: {', '.join(f'{w:.2f}' for w in wall)})")
+    parts = {k: med([x.get(k, 0.0) for x in timings]) for k in ("swap", "generate", "metrics", "total")}
+    print("  of which in score() (metrics.json timings, median): "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()))
+    print(f"ratio daemon / plain generation, checkpoint by checkpoint: first {ratios[0]:.2f}x, then median "
+          f"{med(ratios[later]):.2f}x (each: {', '.join(f'{r:.2f}' for r in ratios)})")
+    print(f"fresh process per checkpoint: median {med(process_each):.2f} s -> "
+          f"{med(process_each) / med(wall[later]):.1f}x "
+          f"the daemon (each: {', '.join(f'{x:.2f}' for x in process_each)})")
     print(f"detection latency: daemon median {med(latency) * 1000:.0f} ms (max {max(latency) * 1000:.0f} ms); "
-          f"30 s polling loop median {med(polled):.1f} s -> {med(polled) / med(latency):.0f}x faster")
-    print(f"per checkpoint: daemon median {med(daemon_each):.2f} s; fresh process per checkpoint median "
-          f"{med(process_each):.2f} s -> {med(process_each) / med(daemon_each):.1f}x faster")
-    shutil.rmtree(tmp, ignore_errors=True)
+          f"30 s polling loop median {med(polled):.1f} s")
+    if args.keep:
+        print(f"kept {tmp} (daemon log: {log_path})")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

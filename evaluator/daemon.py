@@ -1,8 +1,9 @@
-"""The evaluator loop: one process, one loaded model, every trial under a folder.
+"""When to score: the evaluator loop, one process and one loaded model for every trial under a folder.
 
-Each cycle scans the served trials (a trial folder, or every ``trial_*`` of a sweep root, including
-new ones) and scores each complete checkpoint version that the ledger has not finished. Files that
-stay incomplete or corrupt past a timeout are recorded as failed; the loop goes on.
+Each cycle asks discovery (what) for the served trials and their complete checkpoints, checks the
+ledger (exactly once per file version), and hands each new version to scoring (how). One version's
+failure, of any kind, is recorded against that version and the loop goes on; a version that was being
+scored when the process died is retried a bounded number of times, then quarantined.
 """
 
 from __future__ import annotations
@@ -11,21 +12,23 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluator import summary as summaries
+from evaluator.discovery import Discovery, Scan, Source, problem_word, scan
 from evaluator.ledger import BASELINE_KEY, FingerprintCache, Ledger, TrialLock, lock_error
 from evaluator.metrics import SCORE_RULE
+from evaluator.metrics.evidence import startup_warnings
 from evaluator.pipeline import pick_device
 from evaluator.scoring import Models, TrialContext, score
 from evaluator.settings import Overrides, settings_for
-from shared.errors import CheckpointError, EpochscopeError, FileFormatError
-from shared.jsonio import read_model, read_model_or_none, write_model
-from shared.naming import PICKLE_SUFFIXES
-from shared.records import EvalEntry, Params, StopRequest, TrainerStatus
-from shared.safetensors_info import Completeness, inspect
-from shared.trial import BASELINE, TRIAL_DIR_RE, SweepRoot, Trial
+from evaluator.tensorboard_log import close_writers
+from shared.errors import EpochscopeError, FileFormatError
+from shared.jsonio import read_model_or_none, write_model
+from shared.liveness import trainer_done
+from shared.records import EvalEntry, StopRequest, TrainerStatus
+from shared.trial import BASELINE, CheckpointFile, Trial
 
 log = logging.getLogger("epochscope.evaluator")
 
@@ -42,18 +45,27 @@ class Options:
     once: bool = False  # `evaluator run`: one pass, no waiting for incomplete files
     force: bool = False  # re-score versions already done
     root_idle_exit: float = 30.0
+    idle_exit: float = 300.0  # a folder without a trainer is done after this long with nothing new
+    max_attempts: int = 2  # a version that crashed the evaluator this often is quarantined
+    config_path: Path | None = None  # --config: what to evaluate folders without params.json with
+    name: str | None = None  # --name: only this output name's files
     overrides: Overrides = Overrides()
 
 
+@dataclass
 class _Served:
     """A trial the daemon has taken on: its lock, ledger and cached context."""
 
-    def __init__(self, trial: Trial, lock: TrialLock, ledger: Ledger, ctx: TrialContext) -> None:
-        self.trial, self.lock, self.ledger, self.ctx = trial, lock, ledger, ctx
-        self.incomplete: dict[Path, tuple[int, int, float]] = {}  # path -> (size, mtime, since)
-        self.given_up: dict[Path, tuple[int, int]] = {}  # recorded failed at this (size, mtime)
-        self.reported_pickles: set[Path] = set()
-        self.forced: set[str] = set()
+    trial: Trial
+    source: Source
+    lock: TrialLock
+    ledger: Ledger
+    ctx: TrialContext
+    incomplete: dict[Path, tuple[int, int, float]] = field(default_factory=dict)  # path -> (size, mtime, since)
+    given_up: dict[Path, tuple[int, int]] = field(default_factory=dict)  # recorded failed at (size, mtime)
+    reported: set[Path] = field(default_factory=set)  # pickles and foreign files already logged
+    forced: set[str] = field(default_factory=set)
+    last_new: float = field(default_factory=time.monotonic)  # when a new version was last seen
 
 
 class Daemon:
@@ -61,9 +73,11 @@ class Daemon:
         self.root = Path(root)
         self.opt = options
         self.device = pick_device(options.device)
+        self.discovery = Discovery(self.root, options.config_path, options.name)
         self.models: Models | None = None
         self.served: dict[Path, _Served] = {}
         self.refused: set[Path] = set()
+        self.locked: dict[Path, float] = {}  # trial -> when it was last found locked by another evaluator
         self.fingerprints = FingerprintCache()
         self.wake = threading.Event()
         self.stopping = False
@@ -71,51 +85,58 @@ class Daemon:
         self.scored = 0
         self._all_final_since: float | None = None
 
-    # ------------------------------------------------------------------ discovery
-
     def mode(self) -> str | None:
-        """'trial', 'root', or None while it cannot be told yet (nothing there)."""
-        r = self.root
-        if (r / "params.json").exists() or TRIAL_DIR_RE.match(r.name) or any(r.glob("*.safetensors")):
-            return "trial"
-        if (r / "study.db").exists() or any(TRIAL_DIR_RE.match(p.name) for p in r.iterdir() if p.is_dir()):
-            return "root"
-        return None
+        return self.discovery.mode()
 
     def trials(self) -> list[Trial]:
-        mode = self.mode()
-        if mode == "trial":
-            return [Trial(self.root)]
-        if mode == "root":
-            return SweepRoot(self.root).trials()
-        return []
+        return self.discovery.trials()
+
+    # ------------------------------------------------------------------ taking a trial on
 
     def _serve(self, trial: Trial) -> _Served | None:
         if trial.root in self.served:
             return self.served[trial.root]
-        if trial.root in self.refused or not trial.params_path.exists():
+        if trial.root in self.refused:
             return None
         try:
-            params = read_model(trial.params_path, Params)
-            settings = settings_for(params.config, self.opt.overrides)
+            source = self.discovery.source(trial)
+            if source is None:
+                return None
+            settings = settings_for(source.config, self.opt.overrides)
         except EpochscopeError as e:
+            if self.mode() == "trial":
+                raise
             log.error("%s: %s (this trial is skipped)", trial.name, e)
             self.refused.add(trial.root)
             return None
         lock = TrialLock(trial)
-        if not lock.acquire(wait=self.opt.wait_lock):
+        if not lock.acquire(wait=self.opt.wait_lock and self.mode() == "trial"):
             if self.mode() == "trial":
                 raise lock_error(trial, lock.holder())
-            log.warning("%s is served by another evaluator (pid %s); skipping it", trial.name, lock.holder())
-            self.refused.add(trial.root)
+            if trial.root not in self.locked:
+                log.warning("%s is served by another evaluator (pid %s); taking it over when that one stops",
+                            trial.name, lock.holder())
+            self.locked[trial.root] = time.monotonic()
             return None
+        if self.locked.pop(trial.root, None) is not None:
+            log.info("%s: the other evaluator stopped; serving it now", trial.name)
+        removed = _remove_leftover_temp_files(trial)
+        if removed:
+            log.info("%s: removed %d temporary file(s) left by a killed writer", trial.name, removed)
         ledger = Ledger(trial)
-        for e in ledger.reset_running():
+        retried, quarantined = ledger.reset_running(self.opt.max_attempts)
+        for e in retried:
             log.info("%s: %s was being scored when an evaluator stopped; scoring it again", trial.name, e.name)
-        served = _Served(trial, lock, ledger, TrialContext(trial, settings))
+        for e in quarantined:
+            log.error("%s: %s %s", trial.name, e.file or e.name, e.error)
+            summaries.record_failure(trial, e.name, f"{e.file or e.name}: {e.error}", SCORE_RULE)
+        served = _Served(trial, source, lock, ledger, TrialContext(trial, settings))
         self.served[trial.root] = served
-        log.info("serving %s (%d samples per checkpoint, %d references)", trial.root,
-                 len(settings.generation.prompts), len(settings.references))
+        log.info("serving %s (%d samples per checkpoint, %d references%s)", trial.root,
+                 len(settings.generation.samples), len(settings.references),
+                 "" if source.output_name else ", every *.safetensors is a checkpoint")
+        for warning in startup_warnings(settings.references, settings.training):
+            log.warning("%s: %s", trial.name, warning)
         return served
 
     def _models_for(self, served: _Served) -> Models:
@@ -141,59 +162,85 @@ class Daemon:
 
     def _cycle_trial(self, s: _Served) -> int:
         ran = 0
-        ledger, ctx = s.ledger, s.ctx
-        base_entry = ledger.ensure(BASELINE, None, None, key=BASELINE_KEY)
+        base_entry = s.ledger.ensure(BASELINE, None, None, key=BASELINE_KEY)
         if base_entry.status != "done" or (self.opt.force and BASELINE_KEY not in s.forced):
             s.forced.add(BASELINE_KEY)
-            self._run(s, base_entry, None, None, None, None)
+            self._run(s, base_entry, None, self._waiting(s, scan(s.trial.root, s.source.output_name).ready))
             ran += 1
-        for ckpt in self._ready_checkpoints(s):
+        ready = self._ready_checkpoints(s)
+        for i, ckpt in enumerate(ready):
             if self.stopping:
                 break
-            fp = self.fingerprints.get(ckpt.path)
-            entry = ledger.ensure(ckpt.stem, ckpt.path.name, fp)
+            try:
+                fp = self.fingerprints.get(ckpt.path)
+            except FileNotFoundError:
+                continue
+            entry = s.ledger.get(EvalEntry(name=ckpt.stem, fingerprint=fp).key)
+            if entry is None:
+                s.last_new = time.monotonic()
+                if not self.opt.force and self._already_scored(s, ckpt, fp):
+                    continue
+                entry = s.ledger.ensure(ckpt.stem, ckpt.path.name, fp)
             forced = self.opt.force and entry.key not in s.forced
             if entry.status in ("done", "failed") and not forced:
+                if entry.status == "done":  # bytes put back to a scored version: show its results again
+                    summaries.show_version(s.trial, ckpt.stem, ckpt.path.name, fp.short, SCORE_RULE)
                 continue
             s.forced.add(entry.key)
-            self._run(s, entry, ckpt.path, ckpt.epoch, ckpt.step, self._previous(s, ckpt.stem, ckpt.step, ckpt.epoch))
+            self._run(s, entry, ckpt, self._waiting(s, ready[i + 1:]))
             ran += 1
         return ran
 
+    def _waiting(self, s: _Served, ready: list[CheckpointFile]) -> int:
+        """How many of ``ready`` still wait to be scored (for the log: the backlog behind the one in hand)."""
+        n = 0
+        for ckpt in ready:
+            try:
+                fp = self.fingerprints.get(ckpt.path)
+            except FileNotFoundError:
+                continue
+            entry = s.ledger.get(EvalEntry(name=ckpt.stem, fingerprint=fp).key)
+            n += entry is None or entry.status not in ("done", "failed") or (
+                self.opt.force and entry.key not in s.forced)
+        return n
+
+    def _already_scored(self, s: _Served, ckpt: CheckpointFile, fp) -> bool:
+        """Bytes scored before under another name (a continuation renamed the old final): record the
+        new name against the existing results instead of scoring them again."""
+        earlier = s.ledger.done_with_sha(fp.sha256)
+        if earlier is None or not summaries.show_version(s.trial, ckpt.stem, ckpt.path.name, fp.short, SCORE_RULE):
+            return False
+        entry = s.ledger.ensure(ckpt.stem, ckpt.path.name, fp)
+        s.ledger.finish(entry)
+        log.info("%s: %s has the same bytes as %s, already scored; recorded under its new name", s.trial.name,
+                 ckpt.path.name, earlier.file or earlier.name)
+        return True
+
     def _previous(self, s: _Served, name: str, step: int | None, epoch: int | None) -> str | None:
-        """The checkpoint just before this one in training order, among those scored."""
+        """The results folder of the checkpoint just before this one in training order, among those scored."""
         ordered = [e for e in summaries.load_summary(s.trial).ordered() if e.checkpoint != name]
-        before = [e for e in ordered if (e.step, e.epoch) < (step or 0, epoch or 0)
-                  and e.step is not None and step is not None]
-        return before[-1].checkpoint if before else None
+        before = [e for e in ordered if e.step is not None and step is not None and (e.step, e.epoch or 0) < (step, epoch or 0)]
+        return (before[-1].results_dir or before[-1].checkpoint) if before else None
 
-    def _ready_checkpoints(self, s: _Served):
+    def _ready_checkpoints(self, s: _Served) -> list[CheckpointFile]:
         """Complete checkpoints in training order; incomplete/corrupt ones are timed out into failures."""
-        from shared.trial import CheckpointFile
-        from shared.naming import parse_stem
-
-        now = time.monotonic()
-        ready = []
-        for path in sorted(s.trial.root.iterdir()) if s.trial.root.is_dir() else []:
-            if path.suffix in PICKLE_SUFFIXES and path.is_file():
-                if path not in s.reported_pickles:
+        found: Scan = scan(s.trial.root, s.source.output_name)
+        for path in found.pickles + found.foreign:
+            if path not in s.reported:
+                s.reported.add(path)
+                if path in found.pickles:
                     log.warning("%s: %s is a pickle format and is never loaded; save LoRAs as .safetensors",
                                 s.trial.name, path.name)
-                    s.reported_pickles.add(path)
-                continue
-            if not path.name.endswith(".safetensors") or path.name.startswith(".") or not path.is_file():
-                continue
-            try:
-                parsed = parse_stem(path.name, s.ctx.settings.output_name)
-            except ValueError:
-                continue
-            info = inspect(path)
-            if info.is_complete:
-                s.incomplete.pop(path, None)
-                ready.append(CheckpointFile(path, parsed, info))
-                continue
+                else:
+                    log.info("%s: %s is not a checkpoint of %r; not scored (pass --name to choose another run)",
+                             s.trial.name, path.name, s.source.output_name)
+        for ckpt in found.ready:
+            s.incomplete.pop(ckpt.path, None)
+        now = time.monotonic()
+        for path, info in found.not_ready:
+            what = problem_word(info)
             if self.opt.once:
-                log.warning("%s: %s is not complete (%s); skipped", s.trial.name, path.name, info.reason)
+                log.warning("%s: %s is %s (%s); skipped", s.trial.name, path.name, what, info.reason)
                 continue
             try:
                 st = path.stat()
@@ -206,29 +253,40 @@ class Daemon:
             if prev is None or prev[:2] != (st.st_size, st.st_mtime_ns):
                 s.incomplete[path] = (st.st_size, st.st_mtime_ns, now)
             elif now - prev[2] >= self.opt.incomplete_timeout:
-                what = "corrupt" if info.completeness is Completeness.CORRUPT else "incomplete"
-                key = f"{parsed.stem}@{what}-{st.st_size}-{st.st_mtime_ns}"
+                stem = path.name[: -len(".safetensors")]
+                key = f"{stem}@{what}-{st.st_size}-{st.st_mtime_ns}"
                 if s.ledger.get(key) is None:
-                    reason = f"{what} for {self.opt.incomplete_timeout:.0f} s: {info.reason}"
-                    log.error("%s: %s %s", s.trial.name, path.name, reason)
-                    s.ledger.fail(parsed.stem, path.name, None, reason, key)
-                    summaries.record_failure(s.trial, parsed.stem, reason, SCORE_RULE)
+                    reason = f"{path.name} is {what} (unchanged for {self.opt.incomplete_timeout:.0f} s): {info.reason}"
+                    log.error("%s: %s", s.trial.name, reason)
+                    s.ledger.fail(stem, path.name, None, reason, key)
+                    summaries.record_failure(s.trial, stem, reason, SCORE_RULE)
                 s.incomplete.pop(path, None)
                 s.given_up[path] = (st.st_size, st.st_mtime_ns)
-        return sorted(ready, key=lambda c: c.sort_key())
+        return found.ready
 
-    def _run(self, s: _Served, entry: EvalEntry, path: Path | None, epoch, step, previous) -> None:
+    def _run(self, s: _Served, entry: EvalEntry, ckpt: CheckpointFile | None, waiting: int = 0) -> None:
+        """Score one version. Whatever goes wrong is that version's failure, recorded with its file name;
+        only a signal (KeyboardInterrupt) or the process dying stops the loop. ``waiting``: how many
+        checkpoints wait behind this one (logged)."""
         models = self._models_for(s)
         s.ledger.start(entry)
+        path = ckpt.path if ckpt else None
+        epoch, step = (ckpt.epoch, ckpt.step) if ckpt else (None, None)
+        what = path.name if path else "the baseline"
+        log.info("%s: scoring %s (%d more waiting)", s.trial.name, what, waiting)
         try:
+            previous = self._previous(s, entry.name, step, epoch) if ckpt else None
             result = score(models, s.ctx, entry.name, path, entry.fingerprint, epoch, step, previous)
-        except (EpochscopeError, FileFormatError, CheckpointError) as e:
-            s.ledger.finish(entry, error=str(e))
-            summaries.record_failure(s.trial, entry.name, str(e), SCORE_RULE)
-            log.error("%s: %s failed: %s", s.trial.name, entry.name, e)
-            return
         except FileNotFoundError as e:
-            s.ledger.finish(entry, error=f"file disappeared: {e}")
+            s.ledger.finish(entry, error=f"{what} disappeared while being scored: {e}")
+            log.warning("%s: %s disappeared while being scored", s.trial.name, what)
+            return
+        except (EpochscopeError, FileFormatError) as e:
+            self._failed(s, entry, f"{what}: {e}")
+            return
+        except Exception as e:  # noqa: BLE001 - containment: one version's failure never stops the daemon
+            log.debug("scoring %s failed", what, exc_info=True)
+            self._failed(s, entry, f"{what}: {type(e).__name__}: {e}")
             return
         s.ledger.finish(entry)
         self.scored += 1
@@ -240,10 +298,17 @@ class Daemon:
                  result.timings.get("total", 0.0))
         self._after_evaluation(s)
 
+    def _failed(self, s: _Served, entry: EvalEntry, reason: str) -> None:
+        s.ledger.finish(entry, error=reason)
+        summaries.record_failure(s.trial, entry.name, reason, SCORE_RULE)
+        log.error("%s: %s failed: %s", s.trial.name, entry.name, reason)
+        _write_report(s.trial, self.mode() == "root", self.root)
+
     def _after_evaluation(self, s: _Served) -> None:
         _write_report(s.trial, self.mode() == "root", self.root)
         st = s.ctx.settings
-        if not st.early_stop_enabled or s.ctx.stop_requested or s.trial.stop_request_path.exists():
+        if not s.source.has_trainer or not st.early_stop_enabled or s.ctx.stop_requested \
+                or s.trial.stop_request_path.exists():
             return
         status = _status(s.trial)
         if status is not None and status.is_final:
@@ -259,27 +324,45 @@ class Daemon:
 
     # ------------------------------------------------------------------ lifetime
 
-    def is_done(self) -> bool:
-        """Every served trial's trainer is final and every complete checkpoint is scored."""
-        trials = self.trials()
-        if not trials:
+    def _trial_done(self, trial: Trial) -> bool:
+        s = self.served.get(trial.root)
+        if s is None:
+            # A trainer that failed before writing params.json leaves nothing to score.
+            if trial.status_path.exists() and not trainer_done(_status(trial)):
+                return False
+            return trial.root in self.refused or not trial.checkpoint_paths()
+        if s.source.has_trainer:
+            # final, or dead (pid gone / heartbeat stale); only this run's status counts
+            if not trainer_done(_status(trial)):
+                return False
+        if s.incomplete:
             return False
-        for trial in trials:
-            status = _status(trial)
-            if status is None or not status.is_final:
+        ready = scan(trial.root, s.source.output_name).ready
+        for ckpt in ready:
+            try:
+                fp = self.fingerprints.get(ckpt.path)
+            except FileNotFoundError:
+                continue
+            entry = s.ledger.get(EvalEntry(name=ckpt.stem, fingerprint=fp).key)
+            if entry is None or entry.status not in ("done", "failed"):
                 return False
-            s = self.served.get(trial.root)
-            if s is None:
-                # A trainer that failed before writing params.json leaves nothing to score.
-                if trial.root in self.refused or not trial.checkpoint_paths():
-                    continue
-                return False
-            if s.incomplete:
-                return False
-            for ckpt in trial.checkpoints(s.ctx.settings.output_name):
-                entry = s.ledger.get(EvalEntry(name=ckpt.stem, fingerprint=self.fingerprints.get(ckpt.path)).key)
-                if entry is None or entry.status not in ("done", "failed"):
-                    return False
+        if s.source.has_trainer:
+            return True
+        # No trainer to ask: done once a final file (sd-scripts' {name}.safetensors) is scored, or
+        # nothing new arrived for idle_exit seconds.
+        if any(c.name.kind == "final" and (s.source.output_name is None or c.name.output_name == s.source.output_name)
+               for c in ready):
+            return True
+        return time.monotonic() - s.last_new >= self.opt.idle_exit
+
+    def is_done(self) -> bool:
+        """Every served trial is finished (trainer final, or a trainer-less folder settled) and every
+        complete checkpoint is scored."""
+        trials = self.trials()
+        if not trials or any(t.root in self.locked for t in trials):
+            return False
+        if not all(self._trial_done(t) for t in trials):
+            return False
         if self.mode() == "root":  # a sweep may start another trial: wait a little before leaving
             now = time.monotonic()
             self._all_final_since = self._all_final_since or now
@@ -296,7 +379,10 @@ class Daemon:
     def run(self) -> int:
         from evaluator.detect import start_observer
 
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.root.is_dir():
+            if self.opt.once or self.opt.config_path is not None:
+                raise EpochscopeError(f"--dir {self.root} does not exist")
+            self.root.mkdir(parents=True, exist_ok=True)
         old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         observer = None if self.opt.once else start_observer(self.root, self.wake, self.opt.polling)
         try:
@@ -304,9 +390,11 @@ class Daemon:
             while not self.stopping:
                 self.cycle()
                 if self.opt.once:
+                    if not self.served and self.mode() is None:
+                        raise EpochscopeError(f"--dir {self.root}: no trial, sweep root or checkpoint there")
                     return 0
                 if self.opt.exit_when_done and self.is_done():
-                    log.info("trainer finished and every checkpoint is scored (%d this session): exiting",
+                    log.info("every checkpoint is scored and nothing more is coming (%d this session): exiting",
                              self.scored)
                     return 0
                 if not self.is_done():
@@ -321,6 +409,7 @@ class Daemon:
             if observer is not None:
                 observer.stop()
                 observer.join(timeout=5)
+            close_writers()
             for s in self.served.values():
                 s.lock.release()
 
@@ -330,6 +419,19 @@ def _status(trial: Trial) -> TrainerStatus | None:
         return read_model_or_none(trial.status_path, TrainerStatus)
     except FileFormatError:
         return None
+
+
+def _remove_leftover_temp_files(trial: Trial) -> int:
+    """Atomic writes go through ``.<name>.<random>.tmp`` beside the target; a killed writer leaves one.
+    Only the evaluator writes under realtime_evaluations/, and it holds the trial's lock here."""
+    removed = 0
+    if not trial.evaluations_dir.is_dir():
+        return 0
+    for p in trial.evaluations_dir.rglob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _write_report(trial: Trial, sweep: bool, root: Path) -> None:

@@ -7,13 +7,13 @@ crash leaves at worst an entry marked ``running``, which a restart runs again.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 from datetime import datetime
 from pathlib import Path
 
 from shared.errors import EpochscopeError
+from shared.folder_lock import FolderLock
 from shared.jsonio import read_model_or_none, write_model
 from shared.records import EvalEntry, EvaluationState, Fingerprint, utcnow
 from shared.trial import Trial
@@ -85,47 +85,37 @@ class Ledger:
         self.save()
         return entry
 
-    def reset_running(self) -> list[EvalEntry]:
-        """Entries a killed evaluator left ``running``: they will be run again."""
-        stale = [e for e in self.state.entries.values() if e.status == "running"]
-        for e in stale:
-            e.status = "pending"
-        if stale:
+    def reset_running(self, max_attempts: int) -> tuple[list[EvalEntry], list[EvalEntry]]:
+        """Entries a killed evaluator left ``running``: (retried, quarantined). One that was being scored
+        when the evaluator died ``max_attempts`` times is recorded failed, so it cannot starve the rest."""
+        retried, quarantined = [], []
+        for e in self.state.entries.values():
+            if e.status != "running":
+                continue
+            if e.attempts >= max_attempts:
+                e.status, e.finished_at = "failed", utcnow()
+                e.error = f"crashed the evaluator {e.attempts} times (quarantined; `evaluator run --force` retries it)"
+                quarantined.append(e)
+            else:
+                e.status = "pending"
+                retried.append(e)
+        if retried or quarantined:
             self.save()
-        return stale
+        return retried, quarantined
+
+    def done_with_sha(self, sha256: str) -> EvalEntry | None:
+        """A finished scoring of these exact bytes under any name (a renamed or restored file)."""
+        for e in self.state.entries.values():
+            if e.status == "done" and e.fingerprint is not None and e.fingerprint.sha256 == sha256:
+                return e
+        return None
 
 
-class TrialLock:
+class TrialLock(FolderLock):
     """One evaluator per trial folder: an flock held for the daemon's life (released if it dies)."""
 
     def __init__(self, trial: Trial) -> None:
-        self.path = trial.evaluator_lock_path
-        self._fd: int | None = None
-
-    def acquire(self, wait: bool = False) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return True
-
-    def holder(self) -> str:
-        try:
-            return self.path.read_text().strip() or "?"
-        except OSError:
-            return "?"
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        super().__init__(trial.evaluator_lock_path)
 
 
 def lock_error(trial: Trial, holder: str) -> EpochscopeError:

@@ -81,46 +81,105 @@ def set_scheduler(pipe, name: str) -> None:
 
 
 @dataclass(frozen=True)
-class GenerationSettings:
-    prompts: list[str]  # one per sample
-    seeds: list[int]
+class SampleSpec:
+    """One sample: everything that decides its pixels besides the weights."""
+
+    prompt: str
+    seed: int
     negative_prompt: str
     steps: int
     guidance_scale: float
-    resolution: int
-    batch_size: int | None
+    width: int
+    height: int
+
+    def batch_key(self) -> tuple[int, float, int, int]:
+        return (self.steps, self.guidance_scale, self.width, self.height)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Every sample of a checkpoint, in order. Samples sharing steps, CFG and size run in one batch."""
+
+    samples: tuple[SampleSpec, ...]
+    batch_size: int | None = None
+    clip_skip: int | None = None
+
+    @classmethod
+    def uniform(cls, prompts: list[str], seeds: list[int], negative_prompt: str, steps: int, guidance_scale: float,
+                resolution: int, batch_size: int | None = None, clip_skip: int | None = None) -> "GenerationSettings":
+        return cls(tuple(SampleSpec(p, s, negative_prompt, steps, guidance_scale, resolution, resolution)
+                         for p, s in zip(prompts, seeds)), batch_size, clip_skip)
+
+    @property
+    def prompts(self) -> list[str]:
+        return [s.prompt for s in self.samples]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [s.seed for s in self.samples]
 
     def describe(self) -> dict:
-        return {"steps": self.steps, "guidance_scale": self.guidance_scale, "resolution": self.resolution,
-                "seeds": self.seeds, "negative_prompt": self.negative_prompt}
+        first = self.samples[0]
+        out = {"steps": first.steps, "guidance_scale": first.guidance_scale, "resolution": first.width,
+               "seeds": self.seeds, "negative_prompt": first.negative_prompt, "clip_skip": self.clip_skip}
+        if any(s.batch_key() != first.batch_key() or s.negative_prompt != first.negative_prompt
+               for s in self.samples):
+            out["per_sample"] = [{"steps": s.steps, "guidance_scale": s.guidance_scale, "width": s.width,
+                                  "height": s.height, "negative_prompt": s.negative_prompt} for s in self.samples]
+        return out
+
+
+def _batches(settings: GenerationSettings) -> list[list[int]]:
+    """Runs of consecutive samples with the same batch key, split to the batch size."""
+    out: list[list[int]] = []
+    for i, spec in enumerate(settings.samples):
+        if out and settings.samples[out[-1][0]].batch_key() == spec.batch_key() and (
+                settings.batch_size is None or len(out[-1]) < settings.batch_size):
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def _prompt_kwargs(pipe, specs: list[SampleSpec], clip_skip: int | None) -> dict:
+    """Prompts as text, or as embeddings when clip_skip is set (diffusers' own clip_skip needs the
+    transformers 4 module layout)."""
+    if not clip_skip or clip_skip <= 1:
+        return {"prompt": [s.prompt for s in specs], "negative_prompt": [s.negative_prompt for s in specs]}
+    from shared.text_encoding import encode_prompts
+
+    dtype = pipe.unet.dtype
+    embed = lambda texts: encode_prompts(pipe.tokenizer, pipe.text_encoder, texts, clip_skip,  # noqa: E731
+                                         pipe.text_encoder.device).to(dtype)
+    return {"prompt_embeds": embed([s.prompt for s in specs]),
+            "negative_prompt_embeds": embed([s.negative_prompt for s in specs])}
 
 
 def generate(pipe, settings: GenerationSettings) -> tuple[list[np.ndarray], list[bool]]:
     """All samples in as few batches as memory allows; on CUDA OOM the batch is halved and retried."""
     import torch
 
-    n = len(settings.prompts)
-    batch = settings.batch_size or n
-    images: list[np.ndarray] = []
-    nsfw: list[bool] = []
-    i = 0
-    while i < n:
-        j = min(n, i + batch)
+    images: list[np.ndarray | None] = [None] * len(settings.samples)
+    nsfw: list[bool] = [False] * len(settings.samples)
+    pending = _batches(settings)
+    while pending:
+        idx = pending.pop(0)
+        specs = [settings.samples[i] for i in idx]
+        first = specs[0]
         try:
-            out = pipe(prompt=settings.prompts[i:j], negative_prompt=[settings.negative_prompt] * (j - i),
-                       num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-                       height=settings.resolution, width=settings.resolution,
-                       generator=[torch.Generator("cpu").manual_seed(s) for s in settings.seeds[i:j]],
-                       output_type="np")
+            with torch.no_grad():
+                out = pipe(**_prompt_kwargs(pipe, specs, settings.clip_skip), num_inference_steps=first.steps,
+                           guidance_scale=first.guidance_scale, height=first.height, width=first.width,
+                           generator=[torch.Generator("cpu").manual_seed(s.seed) for s in specs], output_type="np")
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            if batch == 1:
+            if len(idx) == 1:
                 raise EpochscopeError("out of GPU memory even with batch size 1") from None
-            batch = max(1, batch // 2)
-            log.warning("out of GPU memory: retrying with batch size %d", batch)
+            half = len(idx) // 2
+            log.warning("out of GPU memory: retrying with batch size %d", half)
+            pending[:0] = [idx[:half], idx[half:]]
             continue
-        images += [np.asarray(im, np.float32) for im in out.images]
-        flags = getattr(out, "nsfw_content_detected", None) or [False] * (j - i)
-        nsfw += [bool(f) for f in flags]
-        i = j
-    return images, nsfw
+        flags = getattr(out, "nsfw_content_detected", None) or [False] * len(idx)
+        for i, im, flag in zip(idx, out.images, flags):
+            images[i], nsfw[i] = np.asarray(im, np.float32), bool(flag)
+    return [im for im in images if im is not None], nsfw

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,22 +18,28 @@ from evaluator.lora_swap import LoraSwapper
 from evaluator.metrics import (
     SCORE_RULE,
     ClipEncoder,
+    DinoEncoder,
     ReferenceSet,
     SampleSet,
+    TrainingSet,
     compute_metrics,
     load_image,
     prepare_references,
     prepare_samples,
+    prepare_training,
+    sample_copies,
 )
+from evaluator.metrics.evidence import overlap_warnings, result_notes
 from evaluator.pipeline import generate, load_pipeline, pick_dtype, set_scheduler
 from evaluator.settings import TrialSettings
-from evaluator.tensorboard_log import log_checkpoint
+from evaluator.tensorboard_log import encode_grid, log_checkpoint
 from shared.errors import EpochscopeError
 from shared.jsonio import atomic_write_bytes, read_model, write_model
 from shared.records import CheckpointMetrics, Fingerprint, Sample
 from shared.trial import BASELINE, Trial, sample_filename
 
 log = logging.getLogger("epochscope.evaluator")
+PNG_WRITERS = 2  # threads encoding and writing sample PNGs beside the metrics
 
 
 @dataclass
@@ -44,6 +51,7 @@ class Models:
     swapper: LoraSwapper
     encoder: ClipEncoder
     device: str
+    dino: DinoEncoder | None = None
 
     @classmethod
     def load(cls, settings: TrialSettings, device: str, dtype_name: str = "auto") -> "Models":
@@ -51,8 +59,10 @@ class Models:
         dtype = pick_dtype(dtype_name, device)
         pipe = load_pipeline(settings.base, device, dtype)
         encoder = ClipEncoder.load(settings.clip_model, settings.clip_pretrained, device=device)
-        log.info("loaded %s and CLIP %s on %s in %.1f s", settings.base, encoder.name, device, time.monotonic() - t0)
-        return cls(settings.model_key(), pipe, LoraSwapper(pipe.unet, pipe.text_encoder), encoder, device)
+        dino = DinoEncoder.load(settings.dino_model, settings.dino_pretrained, device) if settings.dino_model else None
+        log.info("loaded %s and CLIP %s%s on %s in %.1f s", settings.base, encoder.name,
+                 f" and DINO {dino.name}" if dino else "", device, time.monotonic() - t0)
+        return cls(settings.model_key(), pipe, LoraSwapper(pipe.unet, pipe.text_encoder), encoder, device, dino)
 
 
 @dataclass
@@ -62,20 +72,44 @@ class TrialContext:
     trial: Trial
     settings: TrialSettings
     references: ReferenceSet | None = None
+    training: TrainingSet | None = None
+    overlap: list[str] | None = None  # references that are near-duplicates of training images
     baseline: SampleSet | None = None
     samples_cache: dict[str, SampleSet] = field(default_factory=dict)
     stop_requested: bool = False
 
-    def ensure_references(self, encoder: ClipEncoder) -> ReferenceSet | None:
+    def ensure_references(self, encoder: ClipEncoder, dino: DinoEncoder | None = None) -> ReferenceSet | None:
         if self.references is None and self.settings.references:
-            self.references = prepare_references([load_image(p) for p in self.settings.references], encoder)
+            self.references = prepare_references([load_image(p) for p in self.settings.references], encoder,
+                                                 [p.name for p in self.settings.references], dino)
         return self.references
 
-    def saved_samples(self, name: str, encoder: ClipEncoder) -> SampleSet | None:
-        """A scored checkpoint's samples, rebuilt from its PNGs (after a restart too)."""
+    def ensure_training(self, encoder: ClipEncoder, dino: DinoEncoder | None = None) -> TrainingSet | None:
+        """The training images, embedded once per trial; the first time, references that duplicate them
+        are logged as a warning (and kept in ``overlap`` for the notes)."""
+        if self.training is None and self.settings.training:
+            t0 = time.monotonic()
+            root = _common_root(self.settings.training)
+            self.training = prepare_training([load_image(p) for p in self.settings.training],
+                                             [str(p.relative_to(root)) for p in self.settings.training], encoder, dino)
+            log.info("%s: %d training images prepared for the memorisation check in %.1f s", self.trial.name,
+                     len(self.settings.training), time.monotonic() - t0)
+        if self.overlap is None:
+            self.overlap = overlap_warnings(self.ensure_references(encoder, dino), self.training, encoder.name)
+            for w in self.overlap:
+                log.warning("%s: %s", self.trial.name, w)
+        return self.training
+
+    @property
+    def notes(self) -> list[str]:
+        """Weak-evidence notes for metrics.json, the summary and the report."""
+        return result_notes(len(self.settings.references), len(self.settings.training), self.overlap or ())
+
+    def saved_samples(self, name: str, encoder: ClipEncoder, dino: DinoEncoder | None = None) -> SampleSet | None:
+        """A scored version's samples (``name``: its results folder), rebuilt from its PNGs after a restart."""
         if name in self.samples_cache:
             return self.samples_cache[name]
-        folder = self.trial.baseline_dir if name == BASELINE else self.trial.checkpoint_eval_dir(name)
+        folder = self.trial.evaluations_dir / name  # a results folder name: baseline or <stem>@<sha>
         try:
             record = read_model(folder / "metrics.json", CheckpointMetrics)
             images = [load_image(folder / s.file) if not s.failed else np.full((1, 1, 3), np.nan, np.float32)
@@ -83,9 +117,26 @@ class TrialContext:
         except EpochscopeError:
             return None
         samples = prepare_samples(images, [s.prompt for s in record.samples], [s.seed for s in record.samples],
-                                  encoder)
+                                  encoder, failures=[s.failed for s in record.samples], dino=dino)
         self.samples_cache[name] = samples
         return samples
+
+
+def _common_root(paths) -> Path:
+    import os
+
+    return Path(os.path.commonpath([str(p.parent) for p in paths]))
+
+
+def remove_stale_samples(folder: Path, keep: int) -> list[Path]:
+    """Delete sample_NN.png files with NN >= keep (left by an earlier scoring with more samples)."""
+    removed = []
+    for p in sorted(folder.glob("sample_*.png")):
+        stem = p.stem.split("_", 1)[1]
+        if stem.isdigit() and int(stem) >= keep:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def as_saved(image: np.ndarray) -> np.ndarray:
@@ -107,12 +158,14 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 def score(models: Models, ctx: TrialContext, name: str, lora: Path | None, fp: Fingerprint | None,
           epoch: int | None, step: int | None, previous: str | None) -> CheckpointMetrics:
-    """Generate and measure one checkpoint (``lora=None``: the baseline) and write every output."""
+    """Generate and measure one checkpoint (``lora=None``: the baseline) and write every output.
+
+    ``previous`` is the results folder of the checkpoint scored just before this one in training order."""
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     set_scheduler(models.pipe, ctx.settings.scheduler)
     gen = ctx.settings.generation
-    with trainer_paused(ctx.trial, ctx.settings.gpu_sharing):
+    with trainer_paused(ctx.trial, ctx.settings.gpu_sharing, models.device):
         if lora is None:
             images, nsfw = generate(models.pipe, gen)
         else:
@@ -122,35 +175,45 @@ def score(models: Models, ctx: TrialContext, name: str, lora: Path | None, fp: F
     timings["generate"] = time.monotonic() - t0 - timings.get("swap", 0.0)
     t1 = time.monotonic()
     images = [as_saved(im) for im in images]
-    samples = prepare_samples(images, gen.prompts, gen.seeds, models.encoder, nsfw)
-    refs = ctx.ensure_references(models.encoder)
-    baseline = None if lora is None else ctx.baseline or ctx.saved_samples(BASELINE, models.encoder)
-    prev = ctx.saved_samples(previous, models.encoder) if previous else None
-    metrics = compute_metrics(samples, refs, baseline=baseline, previous=prev)
-    timings["metrics"] = time.monotonic() - t1
-
-    folder = ctx.trial.baseline_dir if lora is None else ctx.trial.checkpoint_eval_dir(name)
-    records = []
-    for i, (im, prompt, seed, failed) in enumerate(zip(images, gen.prompts, gen.seeds, samples.failures)):
-        write_png(folder / sample_filename(i), im)
-        records.append(Sample(file=sample_filename(i), prompt=prompt, seed=seed, failed=failed))
+    folder = ctx.trial.baseline_dir if lora is None else ctx.trial.checkpoint_eval_dir(name, fp.short if fp else None)
+    # The PNGs (sample files and the TensorBoard grid) are encoded in threads while the metrics run: zlib
+    # and torch both release the GIL. Every sample file is on disk before metrics.json is written.
+    with ThreadPoolExecutor(max_workers=PNG_WRITERS, thread_name_prefix="epochscope-png") as pool:
+        pngs = [pool.submit(write_png, folder / sample_filename(i), im) for i, im in enumerate(images)]
+        samples = prepare_samples(images, gen.prompts, gen.seeds, models.encoder, nsfw, dino=models.dino)
+        grid = pool.submit(encode_grid, images, samples.failures)
+        refs = ctx.ensure_references(models.encoder, models.dino)
+        training = ctx.ensure_training(models.encoder, models.dino)
+        baseline = None if lora is None else ctx.baseline or ctx.saved_samples(BASELINE, models.encoder, models.dino)
+        prev = ctx.saved_samples(previous, models.encoder, models.dino) if previous else None
+        copies = sample_copies(samples, refs, training)
+        metrics = compute_metrics(samples, refs, baseline=baseline, previous=prev, training=training, copies=copies)
+        timings["metrics"] = time.monotonic() - t1
+        for f in pngs:
+            f.result()
+    records = [Sample(file=sample_filename(i), prompt=prompt, seed=seed, failed=failed, copy_of=copies[i])
+               for i, (prompt, seed, failed) in enumerate(zip(gen.prompts, gen.seeds, samples.failures))]
+    remove_stale_samples(folder, len(images))  # a re-score with fewer samples leaves none of the old ones
     timings["total"] = time.monotonic() - t0
     result = CheckpointMetrics(
         checkpoint=name, file=lora.name if lora else None, fingerprint=fp, epoch=epoch, step=step, metrics=metrics,
         samples=records, encoder=models.encoder.name, num_samples=len(images),
         num_references=len(refs.images) if refs else 0,
+        num_training_images=len(training.names) if training else 0, notes=ctx.notes,
         generation={**gen.describe(), "scheduler": ctx.settings.scheduler, "device": models.device,
-                    "lora_scale": ctx.settings.lora_scale, "previous_checkpoint": previous},
+                    "lora_scale": ctx.settings.lora_scale, "previous_checkpoint": previous,
+                    "network": models.swapper.last_description if lora else None},
         timings=timings)
     write_model(folder / "metrics.json", result)
     if lora is None:
         ctx.baseline = samples
     else:
         ctx.samples_cache = {k: v for k, v in ctx.samples_cache.items() if k == previous}
-        ctx.samples_cache[name] = samples
-    summaries.record(ctx.trial, result, SCORE_RULE, baseline=lora is None)
+        ctx.samples_cache[folder.name] = samples
+    summaries.record(ctx.trial, result, SCORE_RULE, baseline=lora is None, results_dir=folder.name)
     try:
-        log_checkpoint(ctx.trial, step or 0, metrics, images, "baseline" if lora is None else "checkpoint")
+        log_checkpoint(ctx.trial, step or 0, metrics, images, "baseline" if lora is None else "checkpoint",
+                       failures=samples.failures, grid=grid.result())
     except Exception as e:  # noqa: BLE001 - TensorBoard must never cost a result
         log.warning("TensorBoard logging failed: %s", e)
     return result

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluator.pipeline import GenerationSettings
+from evaluator.pipeline import GenerationSettings, SampleSpec
 from shared.config import RunConfig
 from shared.demo_assets import resolve_demo
 from shared.errors import EpochscopeError
+from shared.sample_prompts import PromptLine, read_prompt_file
+
+log = logging.getLogger("epochscope.evaluator")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -36,10 +40,13 @@ class TrialSettings:
     patience: int
     min_delta: float
     min_checkpoints: int
+    training: tuple[Path, ...] = ()  # dataset.train_dir images: memorisation is checked against them
+    dino_model: str | None = None
+    dino_pretrained: str | None = None
 
-    def model_key(self) -> tuple[str, str, str | None]:
+    def model_key(self) -> tuple[str, str, str | None, str | None, str | None]:
         """Trials that share these share the loaded models."""
-        return (self.base, self.clip_model, self.clip_pretrained)
+        return (self.base, self.clip_model, self.clip_pretrained, self.dino_model, self.dino_pretrained)
 
 
 def _images_with_captions(folder: Path, caption_extension: str) -> list[tuple[Path, str | None]]:
@@ -51,12 +58,44 @@ def _images_with_captions(folder: Path, caption_extension: str) -> list[tuple[Pa
     return out
 
 
-def read_prompt_file(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise EpochscopeError(f"evaluation.prompt_file {path}: {e.strerror}") from None
-    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+def _generation(config: RunConfig, overrides: Overrides) -> GenerationSettings:
+    """Prompts from evaluation.prompts, else evaluation.prompt_file (sd-scripts' sample-prompt format,
+    per-line options honoured), else the validation captions; cycled to num_samples, seed + i each."""
+    ev = config.evaluation
+    lines = [PromptLine(p) for p in ev.prompts]
+    if not lines and ev.prompt_file:
+        lines = read_prompt_file(Path(ev.prompt_file))
+        for line in lines:
+            if line.ignored or line.sampler:
+                log.warning("%s: %r: options %s are not used by the evaluator (it samples with evaluation.scheduler)",
+                            ev.prompt_file, line.prompt[:40], ", ".join(line.ignored + ((f"--ss {line.sampler}",)
+                                                                                     if line.sampler else ())))
+    if not lines:
+        lines = [PromptLine(c) for c in _validation_captions(config)]
+    if not lines:
+        raise EpochscopeError("no evaluation prompts: set evaluation.prompts, evaluation.prompt_file, or a "
+                              "dataset.validation_dir with caption files")
+    n = overrides.num_samples or ev.num_samples
+    size = config.evaluation_resolution()
+    steps = overrides.steps
+    samples = []
+    for i in range(n):
+        line, cycle = lines[i % len(lines)], i // len(lines)
+        samples.append(SampleSpec(
+            prompt=line.prompt, seed=(line.seed + cycle) if line.seed is not None else ev.seed + i,
+            negative_prompt=line.negative_prompt if line.negative_prompt is not None else ev.negative_prompt,
+            steps=steps or line.steps or ev.steps,
+            guidance_scale=line.guidance_scale if line.guidance_scale is not None else ev.guidance_scale,
+            width=line.width or size, height=line.height or size))
+    return GenerationSettings(tuple(samples), ev.batch_size, config.model.clip_skip)
+
+
+def _validation_captions(config: RunConfig) -> list[str]:
+    ref_dir = config.evaluation.references_dir or config.dataset.validation_dir
+    if not ref_dir or not Path(resolve_demo(ref_dir)).is_dir():
+        return []
+    return sorted({c for _, c in _images_with_captions(Path(resolve_demo(ref_dir)), config.dataset.caption_extension)
+                   if c})
 
 
 def settings_for(config: RunConfig, overrides: Overrides = Overrides()) -> TrialSettings:
@@ -68,23 +107,23 @@ def settings_for(config: RunConfig, overrides: Overrides = Overrides()) -> Trial
         if not folder.is_dir():
             raise EpochscopeError(f"evaluation references folder {folder} does not exist")
         refs = _images_with_captions(folder, config.dataset.caption_extension)
-    prompts = list(ev.prompts)
-    if not prompts and ev.prompt_file:
-        prompts = read_prompt_file(Path(ev.prompt_file))
-    if not prompts:
-        prompts = sorted({c for _, c in refs if c})
-    if not prompts:
-        raise EpochscopeError("no evaluation prompts: set evaluation.prompts, evaluation.prompt_file, or a "
-                              "dataset.validation_dir with caption files")
-    n = overrides.num_samples or ev.num_samples
     return TrialSettings(
         base=config.model.base, output_name=config.output.name,
-        generation=GenerationSettings(prompts=[prompts[i % len(prompts)] for i in range(n)],
-                                      seeds=[ev.seed + i for i in range(n)], negative_prompt=ev.negative_prompt,
-                                      steps=overrides.steps or ev.steps, guidance_scale=ev.guidance_scale,
-                                      resolution=config.evaluation_resolution(), batch_size=ev.batch_size),
+        generation=_generation(config, overrides),
         scheduler=ev.scheduler,
         references=[p for p, _ in refs], clip_model=ev.clip_model, clip_pretrained=ev.clip_pretrained,
         lora_scale=ev.lora_scale, gpu_sharing=overrides.gpu_sharing or ev.gpu_sharing,
         early_stop_enabled=ev.early_stop.enabled, patience=ev.early_stop.patience,
-        min_delta=ev.early_stop.min_delta, min_checkpoints=ev.early_stop.min_checkpoints)
+        min_delta=ev.early_stop.min_delta, min_checkpoints=ev.early_stop.min_checkpoints,
+        training=tuple(training_images(config)), dino_model=ev.dino_model, dino_pretrained=ev.dino_pretrained)
+
+
+def training_images(config: RunConfig) -> list[Path]:
+    """Every image under dataset.train_dir (kohya N_concept/ folders), sorted; [] when it is unset or
+    missing (e.g. an sd-scripts dataset_config): memorisation is then checked against references only."""
+    if not config.dataset.train_dir:
+        return []
+    folder = Path(resolve_demo(config.dataset.train_dir))
+    if not folder.is_dir():
+        return []
+    return [p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]

@@ -15,10 +15,10 @@ def load_summary(trial: Trial) -> EvaluationSummary:
         trial_name=trial.name)
 
 
-def entry_from(metrics: CheckpointMetrics) -> SummaryEntry:
+def entry_from(metrics: CheckpointMetrics, results_dir: str | None = None) -> SummaryEntry:
     return SummaryEntry(checkpoint=metrics.checkpoint, file=metrics.file,
                         fingerprint=metrics.fingerprint.short if metrics.fingerprint else None,
-                        epoch=metrics.epoch, step=metrics.step, metrics=metrics.metrics)
+                        epoch=metrics.epoch, step=metrics.step, metrics=metrics.metrics, results_dir=results_dir)
 
 
 def choose_best(entries: list[SummaryEntry], rule: str) -> BestCheckpoint | None:
@@ -33,20 +33,58 @@ def choose_best(entries: list[SummaryEntry], rule: str) -> BestCheckpoint | None
     return BestCheckpoint(checkpoint=best.checkpoint, score=best.metrics.score, epoch=best.epoch, rule=rule)
 
 
-def record(trial: Trial, metrics: CheckpointMetrics, rule: str, baseline: bool = False) -> EvaluationSummary:
+def _show(summary: EvaluationSummary, entry: SummaryEntry) -> None:
+    """Make ``entry`` the row of its name; the row it replaces (another version) goes to history."""
+    current = summary.checkpoints.get(entry.checkpoint)
+    if current is not None and current.fingerprint != entry.fingerprint:
+        if not any(h.checkpoint == current.checkpoint and h.fingerprint == current.fingerprint for h in summary.history):
+            summary.history.append(current)
+    summary.history = [h for h in summary.history
+                       if not (h.checkpoint == entry.checkpoint and h.fingerprint == entry.fingerprint)]
+    summary.checkpoints[entry.checkpoint] = entry
+    summary.failed.pop(entry.checkpoint, None)
+
+
+def record(trial: Trial, metrics: CheckpointMetrics, rule: str, baseline: bool = False,
+           results_dir: str | None = None) -> EvaluationSummary:
     summary = load_summary(trial)
+    summary.notes = list(metrics.notes)
     if baseline:
-        summary.baseline = entry_from(metrics)
+        summary.baseline = entry_from(metrics, results_dir)
     else:
-        summary.checkpoints[metrics.checkpoint] = entry_from(metrics)
-        summary.failed.pop(metrics.checkpoint, None)
+        _show(summary, entry_from(metrics, results_dir))
     return _save(trial, summary, rule)
+
+
+def find_version(summary: EvaluationSummary, fingerprint_short: str) -> SummaryEntry | None:
+    """A scored row (current or history) of these bytes, under any name."""
+    for e in list(summary.checkpoints.values()) + summary.history:
+        if e.fingerprint == fingerprint_short:
+            return e
+    return None
+
+
+def show_version(trial: Trial, name: str, file: str, fingerprint_short: str, rule: str) -> bool:
+    """Point ``name``'s row at already-scored bytes (a file put back to an earlier version, or renamed
+    by a continuation) without scoring them again. False when these bytes were never scored."""
+    summary = load_summary(trial)
+    current = summary.checkpoints.get(name)
+    if current is not None and current.fingerprint == fingerprint_short:
+        return True
+    found = find_version(summary, fingerprint_short)
+    if found is None:
+        return False
+    _show(summary, found.model_copy(update={"checkpoint": name, "file": file}))
+    _save(trial, summary, rule)
+    return True
 
 
 def record_failure(trial: Trial, name: str, reason: str, rule: str) -> EvaluationSummary:
     summary = load_summary(trial)
-    if name not in summary.checkpoints:
-        summary.failed[name] = reason
+    current = summary.checkpoints.pop(name, None)
+    if current is not None:  # the file on disk now is another version, which failed
+        summary.history.append(current)
+    summary.failed[name] = reason
     return _save(trial, summary, rule)
 
 

@@ -118,6 +118,10 @@ class EvaluationConfig(_Section):
     clip_model: str = Field("demo:tiny-clip", description="open_clip architecture name, 'hf-hub:org/name', "
                             "or 'demo:tiny-clip'.")
     clip_pretrained: str | None = Field(None, description="open_clip pretrained tag or a local weights file.")
+    dino_model: str | None = Field(None, description="DINO subject-identity metric (off when unset): "
+                                   "'demo:tiny-dino', 'hf-hub:timm/vit_small_patch14_dinov2.lvd142m', or a timm "
+                                   "architecture with dino_pretrained.")
+    dino_pretrained: str | None = Field(None, description="Local .safetensors weights for dino_model.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     gpu_sharing: Literal["concurrent", "pause-trainer"] = "concurrent"

@@ -4,6 +4,7 @@
   AutoencoderKL with the SD /8 latent factor, CLIPTextModel) and a CLIPTokenizer built from
   open_clip's BPE vocabulary;
 - ``tiny-clip/``: a tiny open_clip config plus random weights, for the metrics;
+- ``tiny-dino/``: a tiny DINOv2-layout timm ViT config plus random weights, for the DINO metric;
 - ``dataset/train/N_concept/`` and ``dataset/validation/``: captioned synthetic images (shapes and
   colours, not noise) in kohya layout, with a held-out validation split.
 
@@ -26,6 +27,11 @@ from shared.config import DEMO_PREFIX
 ASSETS_VERSION = 1
 DEMO_RESOLUTION = 64
 TINY_CLIP_NAME = "epochscope-tiny-clip"
+_TINY_DINO_CONFIG = {
+    "architecture": "vit_small_patch14_dinov2",
+    "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "init_values": 1.0},
+    "weights": "model.safetensors",
+}
 
 _TINY_CLIP_CONFIG = {
     "embed_dim": 32,
@@ -65,6 +71,14 @@ class DemoAssets:
         return self.root / "tiny-clip" / "open_clip_model.safetensors"
 
     @property
+    def dino_config(self) -> Path:
+        return self.root / "tiny-dino" / "config.json"
+
+    @property
+    def dino_weights(self) -> Path:
+        return self.root / "tiny-dino" / _TINY_DINO_CONFIG["weights"]
+
+    @property
     def dataset_dir(self) -> Path:
         return self.root / "dataset"
 
@@ -89,6 +103,8 @@ def ensure_demo_assets(cache_dir: Path | str | None = None, force: bool = False)
     """Build the assets once; later calls return the cached ones. Safe to call from several processes."""
     assets = DemoAssets(demo_root(cache_dir))
     if assets.marker.exists() and not force:
+        if not assets.dino_config.exists():  # assets built before the tiny DINO existed
+            _build_dino_locked(assets)
         return assets
     assets.root.mkdir(parents=True, exist_ok=True)
     import fcntl
@@ -99,6 +115,7 @@ def ensure_demo_assets(cache_dir: Path | str | None = None, force: bool = False)
             return assets
         _build_pipeline(assets.pipeline_dir)
         _build_clip(assets)
+        _build_dino(assets)
         _build_dataset(assets)
         from shared.jsonio import atomic_write_text
 
@@ -115,6 +132,7 @@ def resolve_demo(value: str, cache_dir: Path | str | None = None) -> str:
     table = {
         "tiny": assets.pipeline_dir,
         "tiny-clip": assets.clip_config,
+        "tiny-dino": assets.dino_config,
         "dataset": assets.dataset_dir,
         "dataset/train": assets.train_dir,
         "dataset/validation": assets.validation_dir,
@@ -196,6 +214,30 @@ def _build_clip(assets: DemoAssets) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(assets.clip_weights))
 
 
+def _build_dino(assets: DemoAssets) -> None:
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from shared.jsonio import atomic_write_text
+
+    assets.dino_config.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(4)
+    cfg = _TINY_DINO_CONFIG
+    model = timm.create_model(cfg["architecture"], pretrained=False, num_classes=0, **cfg["kwargs"])
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(assets.dino_weights))
+    atomic_write_text(assets.dino_config, json.dumps(cfg, indent=2) + "\n")  # last: it marks the build done
+
+
+def _build_dino_locked(assets: DemoAssets) -> None:
+    import fcntl
+
+    with open(assets.root / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not assets.dino_weights.exists() or not assets.dino_config.exists():
+            _build_dino(assets)
+
+
 def _draw(shape: str, fill: tuple[int, int, int], bg: tuple[int, int, int], rng: random.Random, size: int):
     from PIL import Image, ImageDraw
 
@@ -229,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     assets = ensure_demo_assets(args.cache_dir, force=args.force)
     print(f"demo assets ready in {assets.root}")
-    for label, path in [("pipeline", assets.pipeline_dir), ("clip", assets.clip_config),
+    for label, path in [("pipeline", assets.pipeline_dir), ("clip", assets.clip_config), ("dino", assets.dino_config),
                         ("train", assets.train_dir), ("validation", assets.validation_dir)]:
         print(f"  {label:<10} {path}")
     return 0

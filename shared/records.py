@@ -35,6 +35,19 @@ class SweepInfo(_Record):
     params: dict[str, Any] = Field(default_factory=dict, description="Sampled values, dotted config keys.")
 
 
+class RunRecord(_Record):
+    """One ``trainer run`` on a trial, as params.json's history keeps it."""
+
+    run_id: str
+    mode: Literal["new", "continue"] = "new"
+    started_at: datetime = Field(default_factory=utcnow)
+    resumed_from: str | None = Field(None, description="The state folder a continuation started from.")
+    resumed_at_step: int | None = None
+    target_steps: int | None = None
+    target_epochs: int | None = None
+    command: list[str] | None = Field(None, description="The backend command (sd-scripts).")
+
+
 class Params(_Record):
     """``params.json``, written by the trainer first, before any checkpoint exists.
 
@@ -51,6 +64,8 @@ class Params(_Record):
     sd_scripts_commit: str | None = None
     sweep: SweepInfo | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    history: list[RunRecord] = Field(default_factory=list, description="Every `trainer run` on this trial "
+                                     "since its --new, oldest first (a --continue adds one, never replaces).")
 
 
 TrainerState = Literal["starting", "running", "finished", "failed", "stopped", "stopped_early"]
@@ -64,8 +79,15 @@ class TrainerStatus(_Record):
     state: TrainerState = "starting"
     backend: str = "builtin"
     pid: int | None = Field(None, description="The trainer (supervisor) process.")
-    pgid: int | None = Field(None, description="Process group of the training work; the evaluator may "
-                             "SIGSTOP/SIGCONT it to time-share one GPU.")
+    host: str | None = Field(None, description="The machine the trainer runs on (its pid means something "
+                             "only there).")
+    run_id: str | None = Field(None, description="One id per `trainer run`: $EPOCHSCOPE_RUN_ID when the caller "
+                               "sets it (run_pair.sh), else random. Lets a reader wait for this run, not the last.")
+    pgid: int | None = Field(None, description="Process group of the training work (the supervisor "
+                             "pauses it on a pause_request.json lease, see shared/pause.py).")
+    gpus: str | None = Field(None, description="The GPUs training uses: its CUDA_VISIBLE_DEVICES, 'all' "
+                             "when unset, 'cpu' for CPU training; None if unknown.")
+    paused: bool = Field(False, description="True while the supervisor holds training paused for the evaluator.")
     epoch: int = 0
     total_epochs: int | None = None
     step: int = 0
@@ -157,7 +179,15 @@ class Metrics(_Record):
     diversity: float | None = Field(None, description="1 - mean pairwise cosine among samples.")
     max_ref_sim: float | None = Field(None, description="Highest cosine of any sample to any reference "
                                       "(memorisation).")
-    cmmd: float | None = Field(None, description="Unbiased MMD^2 on CLIP embeddings, RBF sigma=10, x1000.")
+    max_train_sim: float | None = Field(None, description="Highest cosine of any sample to any training image "
+                                        "(memorisation).")
+    copy_rate: float | None = Field(None, description="Share of samples that are pixel near-copies of a "
+                                    "training image or reference; each counts as lost in the score.")
+    dino: float | None = Field(None, description="Mean cosine(sample, reference) in DINO space (subject "
+                               "identity); None when evaluation.dino_model is off.")
+    dino_train: float | None = Field(None, description="Mean cosine(sample, training image) in DINO space.")
+    cmmd: float | None = Field(None, description="CMMD: MMD^2 on CLIP embeddings (paper's estimator, >= 0), "
+                               "RBF sigma=10, x1000.")
     color_swd_lab: float | None = Field(None, description="Sliced Wasserstein distance of Lab pixels "
                                         "to the references (fixed projections).")
     color_delta_e2000_mean: float | None = Field(None, description="CIEDE2000 between mean Lab colours.")
@@ -175,7 +205,8 @@ class Metrics(_Record):
     clipped_fraction_delta_base: float | None = None
     ssim_prev: float | None = Field(None, description="SSIM against the previous checkpoint, same seeds.")
     ssim_base: float | None = Field(None, description="SSIM against the baseline, same seeds.")
-    failure_rate: float | None = Field(None, description="Share of NaN, black or NSFW-filtered samples.")
+    failure_rate: float | None = Field(None, description="Share of failed samples: NaN, black, flat, "
+                                       "near-constant, pure noise or NSFW-filtered.")
 
 
 class Sample(_Record):
@@ -183,6 +214,7 @@ class Sample(_Record):
     prompt: str
     seed: int
     failed: str | None = Field(None, description="Why the sample counts as a failure, if it does.")
+    copy_of: str | None = Field(None, description="The training image or reference this sample nearly copies.")
 
 
 class CheckpointMetrics(_Record):
@@ -199,6 +231,9 @@ class CheckpointMetrics(_Record):
     encoder: str = Field(description="CLIP model used, e.g. 'ViT-B-32/laion2b_s34b_b79k'.")
     num_samples: int
     num_references: int = 0
+    num_training_images: int = Field(0, description="Training images memorisation was checked against.")
+    notes: list[str] = Field(default_factory=list, description="Weak-evidence notes (no references, references "
+                             "that overlap the training images), as evaluator.metrics.evidence.result_notes.")
     generation: dict[str, Any] = Field(default_factory=dict, description="steps, guidance, scheduler, "
                                        "resolution, seeds, dtype, device.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")
@@ -212,6 +247,8 @@ class SummaryEntry(_Record):
     epoch: int | None = None
     step: int | None = None
     metrics: Metrics
+    results_dir: str | None = Field(None, description="Folder under realtime_evaluations/ holding this version's "
+                                    "metrics.json and samples (``<stem>@<sha256 prefix>``; older summaries: the stem).")
     evaluated_at: datetime = Field(default_factory=utcnow)
 
 
@@ -233,6 +270,10 @@ class EvaluationSummary(_Record):
     best: BestCheckpoint | None = None
     total_checkpoints_evaluated: int = 0
     failed: dict[str, str] = Field(default_factory=dict, description="Checkpoint -> reason it failed.")
+    history: list[SummaryEntry] = Field(default_factory=list, description="Rows of earlier versions of a file "
+                                        "rewritten under the same name (not the bytes on disk now), oldest first.")
+    notes: list[str] = Field(default_factory=list, description="Weak-evidence warnings shown with the results, "
+                             "e.g. 'no references: clip_i, colour, cmmd not measured'.")
     last_update: datetime = Field(default_factory=utcnow)
 
     def ordered(self) -> list[SummaryEntry]:

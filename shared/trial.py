@@ -26,6 +26,10 @@ def trial_dirname(number: int) -> str:
     return f"trial_{number:04d}"
 
 
+def version_dirname(stem: str, fingerprint_short: str | None) -> str:
+    return f"{stem}@{fingerprint_short}" if fingerprint_short else stem
+
+
 def sample_filename(index: int) -> str:
     return f"sample_{index:02d}.png"
 
@@ -133,8 +137,15 @@ class Trial:
     def baseline_dir(self) -> Path:
         return self.evaluations_dir / BASELINE
 
-    def checkpoint_eval_dir(self, stem: str) -> Path:
-        return self.evaluations_dir / stem
+    def checkpoint_eval_dir(self, stem: str, fingerprint_short: str | None = None) -> Path:
+        """One version's results: ``<stem>@<sha256 prefix>``, so a file rewritten under the same name
+        keeps every scored version (``<stem>`` alone for a version without a fingerprint)."""
+        return self.evaluations_dir / (version_dirname(stem, fingerprint_short))
+
+    def results_dir(self, entry_results_dir: str | None, stem: str) -> Path:
+        """Where a summary row's metrics.json and samples are (rows written before per-version folders
+        have no results_dir and live under the stem)."""
+        return self.evaluations_dir / (entry_results_dir or stem)
 
     # listings
     def checkpoint_paths(self) -> list[Path]:

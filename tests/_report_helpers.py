@@ -43,8 +43,14 @@ def write_status(trial: Trial, state: str, epoch: int = 3, message: str = "", st
 
 
 def write_evaluation(trial: Trial, name: str, score: float, epoch: int | None, prompts=PROMPTS,
-                     samples_per_prompt: int = 2, colour: tuple[int, int, int] = (200, 40, 40)) -> SummaryEntry:
-    """One scored checkpoint (or the baseline): real 32 px PNG samples and metrics.json."""
+                     samples_per_prompt: int = 2, colour: tuple[int, int, int] = (200, 40, 40),
+                     failures: dict[int, str] | None = None, copies: dict[int, str] | None = None,
+                     num_references: int = 4, notes: list[str] | None = None,
+                     metrics: Metrics | None = None) -> SummaryEntry:
+    """One scored checkpoint (or the baseline): real 32 px PNG samples and metrics.json.
+
+    ``failures`` / ``copies`` mark samples by index as failed (with the reason) or as copies of a named
+    image; ``metrics`` replaces the values derived from ``score``."""
     folder = trial.baseline_dir if name == BASELINE else trial.checkpoint_eval_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
     samples = []
@@ -53,13 +59,15 @@ def write_evaluation(trial: Trial, name: str, score: float, epoch: int | None, p
         pixels[:] = colour
         pixels[8:24, 8 + i % 8:24] = 255
         Image.fromarray(pixels).save(folder / sample_filename(i))
-        samples.append(Sample(file=sample_filename(i), prompt=prompts[i % len(prompts)], seed=1000 + i))
-    metrics = Metrics(score=score, clip_t=0.3 + score / 10, clip_i=0.8, color_swd_lab=20 - score, ssim_prev=0.9,
-                      diversity=0.1, failure_rate=0.0)
+        samples.append(Sample(file=sample_filename(i), prompt=prompts[i % len(prompts)], seed=1000 + i,
+                              failed=(failures or {}).get(i), copy_of=(copies or {}).get(i)))
+    metrics = metrics or Metrics(score=score, clip_t=0.3 + score / 10, clip_i=0.8, color_swd_lab=20 - score,
+                                 ssim_prev=0.9, diversity=0.1, failure_rate=0.0)
     step = None if epoch is None else 4 * epoch
     write_model(folder / "metrics.json", CheckpointMetrics(
         checkpoint=name, epoch=epoch, step=step, metrics=metrics, samples=samples, encoder="demo:tiny-clip",
-        num_samples=len(samples)))
+        num_samples=len(samples), num_references=num_references, notes=notes or [],
+        generation={"steps": 25, "guidance_scale": 7.5}))
     return SummaryEntry(checkpoint=name, epoch=epoch, step=step, metrics=metrics)
 
 

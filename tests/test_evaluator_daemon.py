@@ -43,9 +43,15 @@ def _wait(cond, timeout=120, what="condition"):
 
 
 def _set_state(t: Trial, state: str) -> None:
-    """Stand in for the trainer's status (the daemon only reads this file)."""
+    """Stand in for the trainer's status (the daemon only reads this file): a live trainer is this test
+    process, with a heartbeat far enough ahead that a slow machine does not see it go stale."""
+    from datetime import datetime, timedelta, timezone
+
+    from shared.liveness import this_host
+
     st = read_model(t.status_path, TrainerStatus)
-    st.state = state
+    st.state, st.pid, st.host = state, os.getpid(), this_host()
+    st.updated_at = datetime.now(timezone.utc) + timedelta(minutes=30)
     write_model(t.status_path, st)
 
 
@@ -107,10 +113,11 @@ def test_kill_9_mid_evaluation_then_restart_scores_each_exactly_once(tmp_path, t
     assert all(state.entries[k].attempts == 2 for k, e in state.entries.items() if e.name in killed_during)
     assert "scoring it again" in out.stderr + out.stdout
     for name in names:
-        assert (t.checkpoint_eval_dir(name) / "metrics.json").exists()
+        assert (t.results_dir(summary.checkpoints[name].results_dir, name) / "metrics.json").exists()
+    assert not list(t.evaluations_dir.rglob(".*.tmp")), "a killed writer's temporary files stay behind"
 
 
-def test_corrupt_file_fails_others_scored_and_rewrite_is_rescored(tmp_path, trained_trial):
+def test_corrupt_file_fails_others_scored_and_rewrite_keeps_history(tmp_path, trained_trial):
     t = copy_trial(trained_trial, tmp_path / "trial_0001")
     _set_state(t, "running")
     (t.root / "lora-000009.safetensors").write_bytes(b"\x18\x00\x00\x00\x00\x00\x00\x00{this is not json}      ")
@@ -127,13 +134,18 @@ def test_corrupt_file_fails_others_scored_and_rewrite_is_rescored(tmp_path, trai
         shutil.copy2(t.checkpoint_path("lora-000001"), tmp)
         os.replace(tmp, t.checkpoint_path("lora"))  # last.safetensors-style rewrite
         _wait(lambda: sum(e.name == "lora" and e.status == "done" for e in _state(t).entries.values()) == 2,
-              what="the rewritten file to be scored again")
+              what="the rewritten file to be recorded")
         _finish(t)
         out, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
     summary = read_model(t.evaluation_summary_path, EvaluationSummary)
     assert summary.checkpoints["lora"].fingerprint != first.fingerprint.short
+    # The new bytes are lora-000001's: recorded against its results, not scored again; the old row is history.
+    assert summary.checkpoints["lora"].results_dir == summary.checkpoints["lora-000001"].results_dir
+    new = next(e for e in _state(t).entries.values() if e.name == "lora" and e.key != first.key)
+    assert new.attempts == 0
+    assert [(h.checkpoint, h.fingerprint) for h in summary.history] == [("lora", first.fingerprint.short)]
     assert "lora-000009" in summary.failed and "corrupt" in summary.failed["lora-000009"]
     assert "pickle format" in out
 
@@ -183,7 +195,7 @@ def test_merge_swap_equals_fresh_pipeline_and_restores_base(trained_trial, demo_
     from evaluator.lora_swap import LoraSwapper
     from evaluator.pipeline import GenerationSettings, generate, load_pipeline, set_scheduler
 
-    gen = GenerationSettings(["a red circle"] * 2, [1, 2], "", 4, 5.0, 64, None)
+    gen = GenerationSettings.uniform(["a red circle"] * 2, [1, 2], "", 4, 5.0, 64, None)
     pipe = load_pipeline("demo:tiny", "cpu", torch.float32)
     set_scheduler(pipe, "ddim")
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
@@ -213,7 +225,7 @@ def test_lora_for_another_architecture_is_refused(tmp_path, demo_assets):
     path = tmp_path / "sdxl.safetensors"
     save_file({"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": torch.zeros(4, 8),
                "lora_unet_input_blocks_4_1_proj_in.lora_up.weight": torch.zeros(8, 4)}, str(path))
-    with pytest.raises(CheckpointError, match="another architecture"):
+    with pytest.raises(CheckpointError, match="match no layer.*SDXL"):
         with LoraSwapper(pipe.unet, pipe.text_encoder).applied(path):
             pass
 

@@ -8,11 +8,13 @@ from _metrics_helpers import as_png, hue_shift, nan_image, scene
 
 from evaluator.metrics import (
     ClipEncoder,
+    DinoEncoder,
     composite_score,
     compute_metrics,
     load_image,
     prepare_references,
     prepare_samples,
+    prepare_training,
 )
 from shared.errors import EpochscopeError
 from shared.records import Metrics
@@ -30,6 +32,11 @@ def encoder(demo_assets):
 
 
 @pytest.fixture(scope="module")
+def dino(demo_assets):
+    return DinoEncoder.load("demo:tiny-dino")
+
+
+@pytest.fixture(scope="module")
 def refs(encoder):
     return prepare_references([scene(i) for i in range(4)], encoder)
 
@@ -38,15 +45,18 @@ def _samples(images, encoder, **kw):
     return prepare_samples(images, [PROMPT] * len(images), list(range(len(images))), encoder, **kw)
 
 
-def test_identical_sets_give_the_ideal_values(encoder):
+def test_identical_sets_give_the_ideal_values(encoder, dino):
     same = [scene(0)] * 4
-    s = _samples(same, encoder)
-    m = compute_metrics(s, prepare_references(same, encoder), baseline=_samples(same, encoder), previous=s)
+    s = _samples(same, encoder, dino=dino)
+    m = compute_metrics(s, prepare_references(same, encoder, dino=dino), baseline=_samples(same, encoder),
+                        previous=s, training=prepare_training(same, ["a", "b", "c", "d"], encoder, dino))
     assert all(v is not None for v in m.model_dump().values())  # every field computed
     assert m.clip_i == pytest.approx(1.0, abs=1e-5) and m.ref_self_sim == pytest.approx(1.0, abs=1e-5)
     assert m.max_ref_sim == pytest.approx(1.0, abs=1e-5) and m.diversity == pytest.approx(0.0, abs=1e-5)
+    assert m.max_train_sim == pytest.approx(1.0, abs=1e-5) and m.copy_rate == 1.0
+    assert m.dino == pytest.approx(1.0, abs=1e-5) and m.dino_train == pytest.approx(1.0, abs=1e-5)
     assert m.ssim_prev == pytest.approx(1.0) and m.ssim_base == pytest.approx(1.0)
-    assert m.color_swd_lab == 0.0 and m.color_delta_e2000_mean == 0.0 and abs(m.cmmd) < 1e-6
+    assert m.color_swd_lab == 0.0 and m.color_delta_e2000_mean == 0.0 and 0.0 <= m.cmmd < 1e-6
     for k in REF_FIELDS[6:] + BASE_FIELDS[:4]:
         assert getattr(m, k) == 0.0, k
     assert m.failure_rate == 0.0
@@ -57,7 +67,8 @@ def test_samples_equal_to_references(encoder, refs):
     n = len(refs.images)
     assert m.clip_i == pytest.approx((1 + (n - 1) * m.ref_self_sim) / n, abs=1e-6)
     assert m.max_ref_sim == pytest.approx(1.0, abs=1e-5) and m.color_swd_lab == 0.0
-    assert -5 < m.cmmd <= 1e-9  # unbiased MMD^2 of a set against itself is 2 (mean off-diag k - 1) / n <= 0
+    assert 0.0 <= m.cmmd < 1e-6  # the paper's estimator: exactly 0 for identical sets, never negative
+    assert m.copy_rate == 1.0  # every sample is a reference
 
 
 def test_missing_inputs_give_none(encoder, refs):
@@ -100,8 +111,11 @@ def test_failed_samples_are_counted_and_excluded(encoder, refs):
                             baseline=_samples(dirty_base, encoder),
                             previous=_samples(base_images[::-1] + [nan_image()] * 4, encoder))
     assert dirty.failure_rate == pytest.approx(4 / 7)
+    not_measured = {"max_train_sim", "dino", "dino_train"}  # no training images, DINO off
     for k, v in clean.model_dump().items():
-        if k not in ("failure_rate", "score"):
+        if k in not_measured:
+            assert v is None and getattr(dirty, k) is None, k
+        elif k not in ("failure_rate", "score"):
             assert v is not None and getattr(dirty, k) == pytest.approx(v, rel=1e-5, abs=1e-6), k
     assert dirty.score < clean.score
     assert _samples(dirty_images, encoder).failures[3:] == ["nan", "black", "flat", None]
@@ -161,6 +175,11 @@ def test_score_formula_and_its_directions():
     assert with_(failure_rate=0.125) == pytest.approx(composite_score(base) * 0.875)
     assert with_(max_ref_sim=0.95) == composite_score(base)
     assert with_(max_ref_sim=1.0) == pytest.approx(composite_score(base) - 0.1)  # memorisation
+    assert with_(max_train_sim=1.0) == pytest.approx(composite_score(base) - 0.1)  # of a training image too
+    assert with_(copy_rate=0.25) == pytest.approx(composite_score(base) * 0.75)  # a copy counts as lost
+    assert with_(copy_rate=0.5, failure_rate=0.5) == 0.0
+    with_dino = (0.4 * 0.65 + 0.3 * 0.9 + 0.3 * 0.8 + 0.2 * np.exp(-5 / 20) + 0.1 * 0.3) / 1.3
+    assert with_(dino=0.6) == pytest.approx(with_dino) and with_(dino=0.7) > with_(dino=0.6)
     no_refs = Metrics(clip_t=0.3, diversity=0.3, failure_rate=0.0)
     assert composite_score(no_refs) == pytest.approx((0.4 * 0.65 + 0.1 * 0.3) / 0.5)  # renormalised weights
     assert composite_score(Metrics(failure_rate=1.0)) == -1.0 and composite_score(Metrics()) is None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from evaluator.metrics import ClipEncoder
-from evaluator.metrics.embeddings import clip_i, clip_t, cmmd, diversity, max_ref_sim, ref_self_sim
+from evaluator.metrics.embeddings import clip_i, clip_t, cmmd, cmmd_floor, diversity, max_ref_sim, ref_self_sim
 from _metrics_helpers import scene
 
 
@@ -29,23 +29,41 @@ def test_cosine_metrics_on_hand_made_embeddings():
 
 
 def test_cmmd_known_value():
-    """x = {0, 0}, y = {d, d}: unbiased MMD^2 = 1 + 1 - 2 exp(-d^2 / (2 * 10^2)), times 1000."""
+    """x = {0, 0}, y = {d, d}: the paper's MMD^2 = 1 + 1 - 2 exp(-d^2 / (2 * 10^2)), times 1000."""
     d = 3.0
     x, y = np.zeros((2, 1)), np.full((2, 1), d)
     assert cmmd(x, y) == pytest.approx(1000 * (2 - 2 * math.exp(-d * d / 200)))
     assert cmmd(x, x) == 0.0
     assert cmmd(x[:1], y) is None and cmmd(x, y[:1]) is None
+    # full kernel means, diagonals included: {0, d} against {0, 0} = (2 + 2e)/4 + 1 - 2 (2 + 2e)/4, e = k(0, d)
+    e = math.exp(-d * d / 200)
+    assert cmmd(np.array([[0.0], [d]]), x) == pytest.approx(1000 * ((2 + 2 * e) / 4 + 1 - (2 + 2 * e) / 2))
 
 
-def test_cmmd_is_about_zero_for_one_distribution_and_grows_with_a_shift():
+def test_cmmd_is_zero_for_identical_sets_and_rises_with_distance():
     rng = np.random.default_rng(1)
-    a, b = _unit(rng.normal(size=(60, 16))), _unit(rng.normal(size=(60, 16)))
-    same = cmmd(a, b)
+    a = _unit(rng.normal(size=(60, 16)))
+    assert cmmd(a, a) == 0.0 and cmmd(a[:8], a[:8]) == 0.0  # identical: exactly 0 (was -3.16 unbiased)
+    perturbed = [cmmd(a, _unit(a + rng.normal(size=a.shape) * s)) for s in (0.01, 0.1, 0.3, 1.0)]
+    assert all(v >= 0 for v in perturbed) and perturbed == sorted(perturbed) and perturbed[0] < 1e-2
     shifts = [cmmd(a, _unit(rng.normal(size=(60, 16)) + np.eye(16)[0] * s)) for s in (0.5, 1.5, 4.0)]
-    assert abs(same) < 0.2 * shifts[0]  # unbiased: about 0, may be slightly negative
     assert shifts[0] < shifts[1] < shifts[2]
-    negatives = [cmmd(_unit(rng.normal(size=(8, 16))), _unit(rng.normal(size=(8, 16)))) for _ in range(20)]
-    assert min(negatives) < 0 < max(negatives)  # the unbiased estimate straddles 0 for equal distributions
+    # never negative, for any sets, and symmetric
+    for _ in range(20):
+        x, y = _unit(rng.normal(size=(8, 16))), _unit(rng.normal(size=(5, 16)))
+        assert cmmd(x, y) >= 0 and cmmd(x, y) == pytest.approx(cmmd(y, x))
+
+
+def test_cmmd_small_set_floor_matches_the_documented_formula():
+    """Two independent draws from one distribution give about 1000 (1/m + 1/n)(1 - mean k): read small-set
+    CMMD against that floor (docs/metrics.md)."""
+    rng = np.random.default_rng(2)
+    pool = _unit(rng.normal(size=(4000, 16)))
+    for m, n in ((8, 4), (8, 8), (32, 32)):
+        vals = [cmmd(pool[rng.choice(4000, m, replace=False)], pool[rng.choice(4000, n, replace=False)])
+                for _ in range(200)]
+        floor = cmmd_floor(m, n, mean_cosine=0.0)
+        assert np.mean(vals) == pytest.approx(floor, rel=0.1), (m, n)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +77,7 @@ def test_real_embeddings_identical_images(encoder):
     assert diversity(emb) == pytest.approx(0.0, abs=1e-5)
     assert ref_self_sim(emb) == pytest.approx(1.0, abs=1e-5)
     assert max_ref_sim(emb, emb) == pytest.approx(1.0, abs=1e-5)
-    assert abs(cmmd(emb, emb)) < 1e-6
+    assert cmmd(emb, emb) == 0.0
 
 
 def test_real_embeddings_distinct_images(encoder):

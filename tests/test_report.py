@@ -45,8 +45,8 @@ def test_report_contents_and_escaping(scored_trial):
     page = write_trial_report(scored_trial).read_text()
     assert "<script>" not in page, "user text must never become markup"
     assert "&lt;script&gt;window.__xss = 1&lt;/script&gt;" in page
-    for name in ("baseline", "lora-000001", "lora-000002", "lora"):
-        assert f"src='{name}/sample_00.png'" in page
+    for name in ("baseline", "lora-000001", "lora-000002", "lora"):  # per-version folders: name@sha256 prefix
+        assert re.search(rf"src='{name}(@[0-9a-f]+)?/sample_00.png'", page), name
     assert page.count("<svg") >= 1 and "★" in page and "class='best'" in page
     cols = re.findall(r"<th(?: class='best')?>(?:★ )?([\w-]+)<br>", page)
     assert cols == ["lora-000001", "lora-000002", "lora"], "checkpoints in epoch order"
@@ -84,3 +84,35 @@ def test_sweep_index_lists_trials_by_score(tmp_path, scored_trial):
     assert "trial_0001/realtime_evaluations/report.html" in page and "trial_0002" in page
     assert "<svg" in page and "complete" in page
 
+
+
+def test_a_rescore_with_fewer_samples_cleans_up_and_the_page_says_what_was_used(tmp_path, trained_trial):
+    """evaluator run, then run --force --num-samples 2: no stale sample_02/03.png, the parameters table shows
+    2 samples, TensorBoard has one point per step; DINO on (demo) and memorisation against the training set."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from evaluator.report.files import read_trial
+
+    t = copy_trial(trained_trial, tmp_path / "trial_0001")
+    params = json.loads(t.params_path.read_text())
+    params["config"]["evaluation"]["dino_model"] = "demo:tiny-dino"
+    t.params_path.write_text(json.dumps(params))
+    run_cli("evaluator", "run", "--dir", str(t.root), "--device", "cpu")
+    first = read_trial(t)
+    assert all(len(m.samples) == 4 for m in first.metrics.values())
+    run_cli("evaluator", "run", "--dir", str(t.root), "--device", "cpu", "--force", "--num-samples", "2")
+    f = read_trial(t)
+    assert set(f.metrics) == set(first.metrics) and len(f.metrics) == 4
+    for name, m in f.metrics.items():
+        assert sorted(p.name for p in f.folders[name].glob("sample_*.png")) == ["sample_00.png", "sample_01.png"], name
+        assert m.num_samples == 2 and m.num_training_images == 8 and m.num_references == 4 and m.notes == []
+        assert m.metrics.dino is not None and m.metrics.dino_train is not None
+        assert m.metrics.max_train_sim is not None and m.metrics.copy_rate == 0.0
+        assert m.metrics.cmmd is not None and m.metrics.cmmd >= 0
+    page = write_trial_report(t).read_text()
+    scored = re.findall(r"<tr><th>evaluation \(as scored\)</th><td>([^<]*)</td></tr>", page)
+    assert len(scored) == 1 and scored[0].startswith("2 samples"), scored
+    acc = EventAccumulator(str(t.logs_dir / "evaluator"), size_guidance={"scalars": 0})
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("eval/score")]
+    assert len(steps) == len(set(steps)) == 4, steps  # baseline at 0 + three checkpoints, once each

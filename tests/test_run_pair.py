@@ -170,3 +170,14 @@ def test_the_evaluator_exits_when_the_trainer_fails_mid_run(tmp_path):
     assert proc.returncode != 0, out
     assert not processes_of(tmp_path), "processes left running"
     assert read_model(t.status_path, TrainerStatus).state == "failed"
+
+
+def test_a_finished_sweep_returns_its_own_status(tmp_path):
+    """Issue 11, fault 8: after a successful sweep run_pair exited 130 or 137, because it stopped the root
+    evaluator itself (SIGINT, then SIGKILL 5 s later) and passed that code on."""
+    proc = run_pair("--sweep", str(REPO_ROOT / "configs" / "demo-sweep.toml"), "--root", str(tmp_path / "sweep"),
+                    "--n-trials", "1")
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out
+    assert "killing it" not in out and "did not exit by itself" not in out, out
+    assert not processes_of(tmp_path), "processes left running"

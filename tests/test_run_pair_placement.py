@@ -30,7 +30,8 @@ def plan(tmp_path: Path, *args: str, gpus: int | None = 0, cwd: Path = REPO_ROOT
     path = os.environ["PATH"]
     if gpus is not None:
         path = f"{fake_nvidia_smi(tmp_path / f'gpus{gpus}', gpus)}:{path}"
-    run_env = {k: v for k, v in os.environ.items() if k not in ("TRAIN_GPUS", "EVAL_GPU", "OMP_NUM_THREADS")}
+    run_env = {k: v for k, v in os.environ.items()
+               if k not in ("TRAIN_GPUS", "EVAL_GPU", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")}
     out = subprocess.run([str(RUN_PAIR), "--dry-run", *args], cwd=cwd, env={**run_env, "PATH": path, **env},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -129,3 +130,22 @@ def test_a_bad_config_is_one_line_and_exit_2(tmp_path):
 def test_help(tmp_path):
     out = subprocess.run([str(RUN_PAIR), "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "TRAIN_GPUS" in out.stdout and "--sweep" in out.stdout
+
+
+@pytest.mark.parametrize("visible, gpus, env, train, evaluate, shared", [
+    ("2,3", 4, {}, "2", "3", False),              # issue 11: a set CUDA_VISIBLE_DEVICES was ignored
+    ("5", 8, {}, "5", "5", True),                 # one visible GPU: shared
+    ("", 4, {}, "", "", False),                   # none visible: the CPU
+    ("1,2,3", 4, {"EVAL_GPU": "3"}, "1,2", "3", False),
+])
+def test_placement_honours_cuda_visible_devices(tmp_path, visible, gpus, env, train, evaluate, shared):
+    p = plan(tmp_path, gpus=gpus, CUDA_VISIBLE_DEVICES=visible, **env)
+    assert p["trainer"].startswith(f"CUDA_VISIBLE_DEVICES={train} ")
+    assert p["evaluator"].startswith(f"CUDA_VISIBLE_DEVICES={evaluate} ")
+    assert ("--gpu-sharing" in p["evaluator"]) == shared
+    assert f"evaluator: {'GPU ' + evaluate if evaluate else 'cpu'}" in p["placement"]
+
+
+def test_eval_gpu_alone_gives_the_trainer_every_other_gpu(tmp_path):
+    p = plan(tmp_path, gpus=4, EVAL_GPU="3")
+    assert p["trainer"].startswith("CUDA_VISIBLE_DEVICES=0,1,2 ") and "evaluator: GPU 3" in p["placement"]

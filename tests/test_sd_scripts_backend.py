@@ -184,3 +184,128 @@ def test_missing_sd_scripts_is_one_clear_error(config, tmp_path, capsys, monkeyp
     assert main(["run", "--config", str(cfg), "--dry-run"]) == 0
     captured = capsys.readouterr()
     assert "train_network.py" in captured.out and "warning" in captured.err
+
+
+def _with(config, **training):
+    return config.model_copy(update={"training": config.training.model_copy(update=training)})
+
+
+def test_a_continuation_keeps_the_original_lr_schedule(config):
+    """Issue 11, fault 1: `--max_train_steps N --resume` made sd-scripts build its schedule for N steps.
+    A continuation now names the schedule function with the run's own length (sd-scripts restores the
+    step from the state)."""
+    t = Trial(config.output.dir)
+    cosine = _with(config, lr_scheduler="cosine", lr_warmup_steps=2)
+    rp = ResumePoint(t.root / "lora1-step00000027-state", step=27, epoch=9, schedule_steps=90)
+    argv = SdScriptsBackend().build_launch(cosine, t, rp, 33, None).argv  # --continue --steps 6
+    i = argv.index("--lr_scheduler_type")
+    assert argv[i:i + 5] == ["--lr_scheduler_type", "transformers.optimization.get_cosine_schedule_with_warmup",
+                             "--lr_scheduler_args", "num_warmup_steps=2", "num_training_steps=90"]
+    assert "--lr_warmup_steps" not in argv and _args(SdScriptsBackend().build_launch(
+        cosine, t, rp, 33, None))["--max_train_steps"] == "6"
+    past_the_end = SdScriptsBackend().build_launch(cosine, t, rp, 100, None).argv  # stretched to the new end
+    assert "num_training_steps=100" in past_the_end
+    two_gpus = SdScriptsBackend().build_launch(_with(cosine, num_gpus=2), t, rp, 33, None).argv
+    assert "num_training_steps=180" in two_gpus  # sd-scripts steps the scheduler once per process
+    warm = SdScriptsBackend().build_launch(_with(config, lr_scheduler="constant_with_warmup", lr_warmup_steps=2),
+                                           t, rp, 33, None).argv
+    assert "--lr_scheduler_type" not in warm and "--lr_warmup_steps" in warm  # its length does not matter
+    fresh = SdScriptsBackend().build_launch(cosine, t, None, None, None).argv
+    assert "--lr_scheduler_type" not in fresh and "--lr_warmup_steps" in fresh
+
+
+def test_the_schedule_length_comes_from_the_state_or_its_checkpoint(config, tmp_path):
+    t = Trial(config.output.dir)
+    t.root.mkdir(parents=True)
+    for stem, step, extra in (("lora1-000003", 9, {}), ("lora1-step00000011", 11, {"epochscope_schedule_steps": 30})):
+        save_file({"w": torch.zeros(1)}, str(t.checkpoint_path(stem)), metadata={"ss_max_train_steps": "9"})
+        state = t.state_dir(stem)
+        state.mkdir()
+        (state / "random_states_0.pkl").write_bytes(b"")
+        (state / "train_state.json").write_text(json.dumps({"current_step": step, "current_epoch": 3, **extra}))
+    rp = SdScriptsBackend().find_resume_point(config, t)
+    assert (rp.step, rp.schedule_steps) == (11, 30)
+    (t.state_dir("lora1-step00000011") / "random_states_0.pkl").unlink()
+    rp = SdScriptsBackend().find_resume_point(config, t)
+    assert (rp.step, rp.schedule_steps) == (9, 9)  # a first run's state: ss_max_train_steps of its checkpoint
+
+
+def test_a_continuation_from_mid_epoch_labels_epochs_honestly(tmp_path):
+    """Issue 11, faults 2 and 3: resumed at step 28 (3 steps an epoch), the continuation's own epoch 1
+    ends at step 31, which ends no epoch of the run; the old final is kept under its step name."""
+    t = Trial(tmp_path / "t")
+    staging = continuation.staging_dir(t)
+    staging.mkdir(parents=True)
+    spe = {"ss_num_batches_per_epoch": "3"}
+
+    def lora(path: Path, epoch: int, step: int) -> None:
+        save_file({"w": torch.ones(2)}, str(path), metadata={"ss_epoch": str(epoch), "ss_steps": str(step), **spe})
+
+    lora(t.root / "lora1.safetensors", 10, 28)  # the previous final: 9 epochs and 1 step
+    old_final = (t.root / "lora1.safetensors").read_bytes()
+    lora(staging / "lora1-000001.safetensors", 1, 3)
+    lora(staging / "lora1-000002.safetensors", 2, 6)  # would end epoch 2 of the continuation: step 34
+    lora(staging / "lora1.safetensors", 2, 5)
+    state = staging / "lora1-000001-state"
+    state.mkdir()
+    (state / "random_states_0.pkl").write_bytes(b"")
+    (state / "train_state.json").write_text(json.dumps({"current_step": 3, "current_epoch": 1}))
+    moved = continuation.adopt_outputs(t, "lora1", step0=28, epoch0=9, schedule_steps=90)
+    assert sorted(p.name for p in moved) == ["lora1-step00000031.safetensors", "lora1-step00000034.safetensors",
+                                             "lora1.safetensors"]
+    assert (t.root / "lora1-step00000028.safetensors").read_bytes() == old_final
+    for stem, step, epoch in (("lora1-step00000031", 31, 10), ("lora1-step00000034", 34, 11), ("lora1", 33, 11)):
+        info = inspect(t.checkpoint_path(stem))
+        assert (info.metadata_int("ss_steps"), int(info.metadata["ss_epoch"])) == (step, epoch), stem
+        assert info.metadata["ss_max_train_steps"] == "90"
+    data = json.loads((t.root / "lora1-step00000031-state" / "train_state.json").read_text())
+    assert data == {"current_step": 31, "current_epoch": 10, "epochscope_schedule_steps": 90}
+    continuation.remove_if_empty(staging)
+    assert not staging.exists()  # fault 9: an empty .continue-staging/ was left behind
+
+
+def test_versions_are_those_of_sd_scripts_own_python(config, tmp_path):
+    """Issue 11, fault 9: params.json recorded our venv's diffusers for an sd-scripts run."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho \'{"diffusers": "0.25.0", "torch": "2.1.0"}\'\n')
+    fake.chmod(0o755)
+    v = SdScriptsBackend().versions(_with(config, sd_scripts_python=str(fake)))
+    assert v["diffusers"] == "0.25.0" and v["torch"] == "2.1.0"
+
+
+def test_a_continuation_to_an_epoch_target_from_mid_epoch_runs_the_steps_to_it(config):
+    t = Trial(config.output.dir)
+    t.root.mkdir(parents=True)
+    save_file({"w": torch.zeros(1)}, str(t.checkpoint_path("lora1")), metadata={"ss_num_batches_per_epoch": "3"})
+    rp = ResumePoint(t.root / "lora1-state", step=5, epoch=1, schedule_steps=9)
+    a = _args(SdScriptsBackend().build_launch(config, t, rp, None, None))  # to the configured 3 epochs
+    assert a["--max_train_steps"] == "4" and "--max_train_epochs" not in a  # not 2 whole epochs: step 11
+
+
+def test_lr_comes_from_sd_scripts_own_tensorboard_files(tmp_path):
+    """sd-scripts' console never prints the lr; its TensorBoard files (lr/unet) are followed instead,
+    and files of an earlier run (before a --continue) are ignored."""
+    import os
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from trainer.sd_scripts.tensorboard_lr import LrReader
+
+    old = tmp_path / "sd-scripts" / "20261101000000" / "network_train"
+    w = SummaryWriter(str(old))
+    w.add_scalar("lr/unet", 9e-9, 50)
+    w.close()
+    for f in old.iterdir():
+        os.utime(f, (time.time() - 3600, time.time() - 3600))
+    reader = LrReader(tmp_path / "sd-scripts", since=time.time())
+    assert reader.poll() is None
+    w = SummaryWriter(str(tmp_path / "sd-scripts" / "20261123000000" / "network_train"))
+    w.add_scalar("lr/textencoder", 5e-5, 1)
+    w.add_scalar("lr/unet", 1e-4, 1)
+    w.flush()
+    assert abs(reader.poll() - 1e-4) < 1e-10
+    w.add_scalar("lr/unet", 7.5e-5, 2)
+    w.flush()
+    assert abs(reader.poll() - 7.5e-5) < 1e-10
+    w.close()

@@ -233,3 +233,85 @@ def test_dry_run_prints_the_command(tmp_path, capsys):
     assert main(["run", "--config", str(cfg), "--dry-run"]) == 0
     assert "trainer.builtin.worker" in capsys.readouterr().out
     assert not (tmp_path / "t" / "params.json").exists()
+
+
+# ---------------------------------------------------------------- continuation: lr, kept files, labels
+
+
+def _tb_scalars(logs_dir, tag: str) -> dict[int, float]:
+    """Every value of ``tag`` in the trainer's TensorBoard files, by step (a step logged twice fails)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    out: dict[int, float] = {}
+    for path in sorted((logs_dir / "trainer").glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == tag:
+                    assert event.step not in out, f"step {event.step} logged twice"
+                    kind = value.WhichOneof("value")
+                    out[event.step] = value.simple_value if kind == "simple_value" else value.tensor.float_val[0]
+    return out
+
+
+def _stop_at(cfg, t: Trial, step: int, *extra: str) -> int:
+    """Start a new run, ask it to stop once it reaches ``step``; the step it stopped at."""
+    proc = _start(cfg, *extra)
+    try:
+        _wait_for_step(t, step)
+        write_model(t.stop_request_path, StopRequest(reason="user"))
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    return read_model(t.status_path, TrainerStatus).step
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "linear", "constant_with_warmup"])
+def test_continued_lr_equals_the_uninterrupted_runs(tmp_path, scheduler):
+    """Stop at step ~5 of 16, --continue --steps 2, then --continue: TensorBoard's lr at every step is
+    the uninterrupted run's (issue 11, fault 1: the continuation used to rebuild the schedule for its
+    own length, e.g. cosine over 7 steps)."""
+    sets = ["--set", f'training.lr_scheduler="{scheduler}"', "--set", "training.lr_warmup_steps=3"]
+    straight_cfg = write_demo_config(tmp_path / "a.toml", tmp_path / "straight", epochs=4)
+    run_cli("trainer", "run", "--config", str(straight_cfg), "--new", *sets)
+    straight = _tb_scalars(Trial(tmp_path / "straight").logs_dir, "lr")
+    assert sorted(straight) == list(range(1, 17))
+
+    cfg = write_demo_config(tmp_path / "b.toml", tmp_path / "t", epochs=4)
+    t = Trial(tmp_path / "t")
+    stopped = _stop_at(cfg, t, 5, *sets)
+    assert stopped < 14
+    last = read_model(t.status_path, TrainerStatus).last_checkpoint
+    info = inspect(t.root / last)  # fault 3: a stop mid-epoch carried the unfinished epoch's number
+    assert (info.metadata_int("ss_steps"), int(info.metadata["ss_epoch"])) == (stopped, stopped // 4), last
+    run_cli("trainer", "run", "--config", str(cfg), "--continue", "--steps", "2", *sets)
+    run_cli("trainer", "run", "--config", str(cfg), "--continue", *sets)
+    pieced = _tb_scalars(t.logs_dir, "lr")
+    assert sorted(pieced) == list(range(1, 17))
+    for step in range(1, 17):
+        assert pieced[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-12), (step, pieced, straight)
+    status = read_model(t.status_path, TrainerStatus)
+    assert status.state == "finished" and status.step == 16
+    assert status.lr == pytest.approx(straight[16], rel=1e-6, abs=1e-12)
+
+
+def test_continuation_keeps_the_old_final_and_labels_partial_epochs(tmp_path):
+    """Fault 2: --continue overwrote <name>.safetensors and its -state; fault 3: a final at step 11
+    (4 steps an epoch) said ss_epoch 3."""
+    cfg = write_demo_config(tmp_path / "c.toml", tmp_path / "t", epochs=2)
+    t = Trial(tmp_path / "t")
+    run_cli("trainer", "run", "--config", str(cfg), "--new")
+    first = t.checkpoint_path("lora").read_bytes()
+    run_cli("trainer", "run", "--config", str(cfg), "--continue", "--steps", "3")
+    assert t.checkpoint_path("lora-000002").read_bytes() == first  # the epoch-2 final, under its epoch name
+    assert (t.root / "lora-000002-state" / "train_state.json").exists()
+    info = inspect(t.checkpoint_path("lora"))
+    assert (info.metadata_int("ss_steps"), int(info.metadata["ss_epoch"])) == (11, 2)
+    second = t.checkpoint_path("lora").read_bytes()
+    run_cli("trainer", "run", "--config", str(cfg), "--continue", "--steps", "1")
+    assert t.checkpoint_path("lora-step00000011").read_bytes() == second  # partial epoch: its step name
+    assert t.checkpoint_path("lora-000002").read_bytes() == first
+    info = inspect(t.checkpoint_path("lora"))
+    assert (info.metadata_int("ss_steps"), int(info.metadata["ss_epoch"])) == (12, 3)
+    names = [c.stem for c in t.checkpoints("lora")]
+    assert names == ["lora-000001", "lora-000002", "lora-step00000011", "lora"]

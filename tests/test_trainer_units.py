@@ -8,7 +8,6 @@ from trainer.backends.base import CheckpointSaved, EpochStarted, Progress, Resum
 from trainer.backends.builtin import BuiltinBackend
 from trainer.builtin import events
 from trainer.builtin.dataset import Item, epoch_order
-from trainer.builtin.lora_format import to_kohya
 from trainer.supervisor import continue_targets, step_with_offset
 
 
@@ -38,16 +37,6 @@ def test_worker_protocol_round_trip(capsys):
     assert parsed == [Progress(3, 9, 0.5, 0.4, 1e-4), EpochStarted(2, 3),
                       CheckpointSaved(Path("/x/lora-000002.safetensors")), Totals(9, 3)]
     assert b.parse_line("epoch 1/3") == [] and b.parse_line("@@epochscope {broken") == []
-
-
-def test_kohya_key_conversion():
-    peft = {"down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.ones(4, 32),
-            "down_blocks.0.attentions.0.proj_in.lora_B.weight": torch.zeros(32, 4)}
-    k = to_kohya(peft, "lora_unet", 2.0)
-    assert set(k) == {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight",
-                      "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight",
-                      "lora_unet_down_blocks_0_attentions_0_proj_in.alpha"}
-    assert float(k["lora_unet_down_blocks_0_attentions_0_proj_in.alpha"]) == 2.0
 
 
 def test_epoch_order_repeats_and_is_reproducible():

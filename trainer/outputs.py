@@ -1,12 +1,20 @@
-"""The previous run's files in a trial folder: detect them, and move them aside for ``--new``."""
+"""The previous run's files in a trial folder: detect them, move them aside for ``--new``, and keep a
+previous final checkpoint under its epoch or step name when a continuation writes a new one."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from datetime import datetime
 from pathlib import Path
 
+from shared.errors import EpochscopeError
+from shared.naming import epoch_stem, step_stem
+from shared.safetensors_info import inspect
 from shared.trial import Trial
+
+STAGING = ".continue-staging"  # where a resumed sd-scripts run writes first (trainer/sd_scripts/continuation.py)
 
 
 def previous_run_files(trial: Trial, output_name: str) -> list[Path]:
@@ -25,11 +33,13 @@ def previous_run_files(trial: Trial, output_name: str) -> list[Path]:
 
 
 def back_up_previous_run(trial: Trial, output_name: str, now: datetime | None = None) -> Path | None:
-    """Move the previous run's checkpoints, states and evaluations into backup/<timestamp>/.
-    Never overwrites and never deletes."""
+    """Move the previous run's checkpoints, states, evaluations, TensorBoard logs and training.log into
+    backup/<timestamp>/, so the new run's curves start clean. Never overwrites and never deletes."""
     files = previous_run_files(trial, output_name)
-    extra = [p for p in (trial.evaluations_dir, trial.status_path, trial.params_path) if p.exists()]
-    if not files:
+    history = [p for p in (trial.logs_dir, trial.log_path) if p.exists()]
+    extra = [p for p in (trial.evaluations_dir, trial.status_path, trial.params_path, trial.root / STAGING)
+             if p.exists()]
+    if not files and not history:
         return None
     stamp = (now or datetime.now()).strftime("%Y%m%d_%H%M%S")
     dest = trial.backup_dir / stamp
@@ -38,9 +48,75 @@ def back_up_previous_run(trial: Trial, output_name: str, now: datetime | None = 
         n += 1
         dest = trial.backup_dir / f"{stamp}_{n}"
     dest.mkdir(parents=True)
-    for path in files + extra:
+    for path in files + history + extra:
         os.replace(path, dest / path.name)
     return dest
+
+
+def _steps_per_epoch(final: Path, state_dir: Path) -> int | None:
+    """Optimizer steps per epoch of the run that wrote ``final``: from the builtin state's counters, or
+    from sd-scripts' metadata."""
+    try:
+        return int(json.loads((state_dir / "train_state.json").read_text())["steps_per_epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return _metadata_steps_per_epoch(final)
+
+
+def _metadata_steps_per_epoch(path: Path) -> int | None:
+    """sd-scripts' metadata: batches per epoch / gradient accumulation (None if it does not say)."""
+    info = inspect(path)
+    batches = info.metadata_int("ss_num_batches_per_epoch")
+    if not batches:
+        return None
+    return math.ceil(batches / (info.metadata_int("ss_gradient_accumulation_steps") or 1))
+
+
+def steps_per_epoch_of(trial: Trial, output_name: str, *more: Path) -> int | None:
+    """Steps per epoch as any checkpoint of ``output_name`` in the trial (or the ``more`` folders) says."""
+    for folder in (trial.root, *more):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob(output_name + "*.safetensors")):
+            spe = _metadata_steps_per_epoch(path)
+            if spe:
+                return spe
+    return None
+
+
+def retired_final_stem(final: Path, output_name: str, steps_per_epoch: int | None) -> str | None:
+    """The name a previous final checkpoint keeps when a continuation writes a new one: its epoch's name
+    if it ends an epoch, else its step's (a partial epoch is never called complete). None if the file
+    does not say its step."""
+    info = inspect(final)
+    step, epoch = info.metadata_int("ss_steps"), info.metadata_int("ss_epoch")
+    if not step:
+        return None
+    if steps_per_epoch and epoch and step == epoch * steps_per_epoch:
+        return epoch_stem(output_name, epoch)
+    return step_stem(output_name, step)
+
+
+def retire_final(trial: Trial, output_name: str, steps_per_epoch: int | None = None) -> Path | None:
+    """Before a continuation writes ``<name>.safetensors``: rename the previous one (and its -state
+    folder) to its epoch or step name, so every checkpoint is written once and none is destroyed.
+    Returns the new path, or None if there was no previous final."""
+    final = trial.checkpoint_path(output_name)
+    if not final.exists():
+        return None
+    state = trial.state_dir(output_name)
+    spe = steps_per_epoch or _steps_per_epoch(final, state)
+    stem = retired_final_stem(final, output_name, spe)
+    candidates = [stem, step_stem(output_name, inspect(final).metadata_int("ss_steps") or 0)] if stem else []
+    for candidate in candidates:
+        target = trial.checkpoint_path(candidate)
+        if not target.exists() and not trial.state_dir(candidate).exists():
+            os.replace(final, target)  # a rename: same bytes and mtime, so the same fingerprint
+            if state.exists():
+                os.replace(state, trial.state_dir(candidate))
+            return target
+    raise EpochscopeError(f"{final} would be overwritten by the continuation and cannot be kept under its "
+                          f"epoch or step name ({', '.join(candidates) or 'no ss_steps in its metadata'}); "
+                          "move it aside first")
 
 
 def consume_stale_stop_request(trial: Trial, now: datetime | None = None) -> Path | None:

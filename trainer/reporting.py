@@ -4,19 +4,23 @@ and the console (a rich bar on a terminal, plain lines otherwise)."""
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TextIO
 
 from shared.jsonio import write_model
+from shared.liveness import HEARTBEAT_S
 from shared.records import TrainerStatus, utcnow
 from shared.trial import Trial
 
-HEARTBEAT_S = 5.0
-
 
 class StatusFile:
-    """The trainer's status, rewritten on every change and at least every HEARTBEAT_S seconds."""
+    """The trainer's status, rewritten on every change and at least every HEARTBEAT_S seconds.
+
+    ``start_heartbeat`` rewrites it from a thread of its own as well, so a status older than
+    ``shared.liveness.STALE_AFTER_S`` means the trainer is gone or frozen, whatever it was doing.
+    """
 
     def __init__(self, trial: Trial, status: TrainerStatus, clock=time.monotonic) -> None:
         self.trial = trial
@@ -24,20 +28,42 @@ class StatusFile:
         self._clock = clock
         self._last_write = -1e9
         self._dirty = True
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def update(self, **fields) -> None:
-        for k, v in fields.items():
-            if getattr(self.status, k) != v:
-                setattr(self.status, k, v)
-                self._dirty = True
+        with self._lock:
+            for k, v in fields.items():
+                if getattr(self.status, k) != v:
+                    setattr(self.status, k, v)
+                    self._dirty = True
 
     def flush(self, force: bool = False) -> None:
-        now = self._clock()
-        if force or self._dirty or now - self._last_write >= HEARTBEAT_S:
-            self.status.updated_at = utcnow()
-            write_model(self.trial.status_path, self.status)
-            self._last_write = now
-            self._dirty = False
+        with self._lock:
+            now = self._clock()
+            if force or self._dirty or now - self._last_write >= HEARTBEAT_S:
+                self.status.updated_at = utcnow()
+                write_model(self.trial.status_path, self.status)
+                self._last_write = now
+                self._dirty = False
+
+    def start_heartbeat(self, interval_s: float = HEARTBEAT_S) -> None:
+        def beat() -> None:
+            while not self._stop.wait(interval_s / 2):
+                try:
+                    self.flush()
+                except OSError:
+                    pass  # the folder went away; the main thread reports what matters
+
+        self._thread = threading.Thread(target=beat, name="status-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
 
 
 class TensorBoardScalars:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from shared.jsonio import read_model_or_none
 from shared.errors import FileFormatError
-from shared.records import StopRequest, TrainerStatus
+from shared.pause import PauseRequest, pause_request_path
+from shared.records import StopRequest, TrainerStatus, utcnow
 from shared.safetensors_info import inspect
 from shared.trial import Trial
 from trainer.backends.base import (
@@ -92,6 +93,7 @@ class Supervisor:
         self._saved: list[Path] = []
         self._t0 = time.monotonic()
         self._first_step: tuple[int, float] | None = None
+        self._pause = PauseGuard(trial, status, self.console)
 
     # ---------------------------------------------------------------- signals
 
@@ -105,15 +107,22 @@ class Supervisor:
 
     def run(self, spec: LaunchSpec, log_file) -> Outcome:
         env = {**os.environ, **spec.env}
-        proc = subprocess.Popen(spec.argv, env=env, cwd=spec.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        pgid = os.getpgid(proc.pid)
+        # Our handlers first: a signal from here on is a stop of the child, never an exception that
+        # would leave it running in its own session.
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            proc = subprocess.Popen(spec.argv, env=env, cwd=spec.cwd, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            raise
+        pgid = proc.pid  # start_new_session: the child leads its own group
         self.status.update(state="running", pgid=pgid)
         self.status.flush(force=True)
         readers = [threading.Thread(target=self._pump, args=(s,), daemon=True) for s in (proc.stdout, proc.stderr)]
         for t in readers:
             t.start()
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.console.start()
         sent: set[str] = set()
         try:
@@ -131,6 +140,7 @@ class Supervisor:
                 self._collect()
                 if self._stopping.reason is None:
                     self._check_stop_request()
+                self._pause.check(pgid, stopping=self._stopping.reason is not None)
                 if self._stopping.reason is not None:
                     self._escalate(pgid, sent)
                 self.status.flush()
@@ -153,9 +163,13 @@ class Supervisor:
             log_file.flush()
         finally:
             self._collect()
+            finish = getattr(self.backend, "finish", None)
+            if finish is not None:
+                finish(self.trial)
             self.console.stop()
             for s, handler in old.items():
                 signal.signal(s, handler)
+            self._pause.release(pgid)
             self._kill_group(pgid)
         return self._outcome(proc.returncode)
 
@@ -196,10 +210,12 @@ class Supervisor:
                 rate = (step - s0) / max(now - t0, 1e-9) if step > s0 else None
                 total = total or st.total_steps
                 eta = (total - step) / rate if rate and total else None
+                lr = event.lr if event.lr is not None else self.backend.current_lr()
+                lr = lr if lr is not None else st.lr  # keep the last known lr until a newer one is logged
                 self.status.update(step=step, total_steps=total, loss=_finite(event.loss),
-                                   avg_loss=_finite(event.avg_loss), lr=event.lr, steps_per_second=rate,
+                                   avg_loss=_finite(event.avg_loss), lr=lr, steps_per_second=rate,
                                    eta_seconds=eta)
-                self._tb().add(step, _finite(event.loss), _finite(event.avg_loss), event.lr)
+                self._tb().add(step, _finite(event.loss), _finite(event.avg_loss), lr)
                 self.console.show(self.status.status)
             elif isinstance(event, EpochStarted):
                 offset = self.resume.epoch if (self.resume and restarts) else 0
@@ -311,11 +327,59 @@ class Supervisor:
         return Outcome("failed", 2 if returncode == 2 else 1, message, last)
 
 
+class PauseGuard:
+    """Pauses the training group while the evaluator holds an unexpired pause lease (shared/pause.py),
+    and never leaves it stopped otherwise: no lease, an expired one, or a stop resumes it. Without a
+    lease of ours it also sends SIGCONT every few seconds, so a group stopped by anyone else (an old
+    evaluator that SIGSTOPped it and died) goes on by itself."""
+
+    RESCUE_S = 5.0
+
+    def __init__(self, trial: Trial, status: StatusFile, console: Console,
+                 clock=time.monotonic, now=None) -> None:
+        self.path = pause_request_path(trial.root)
+        self.status, self.console = status, console
+        self.paused = False
+        self._clock = clock
+        self._now = now or utcnow
+        self._last_rescue = clock()
+
+    def _lease_active(self) -> bool:
+        try:
+            req = read_model_or_none(self.path, PauseRequest)
+        except FileFormatError:
+            return False
+        return req is not None and req.active(self._now())
+
+    def check(self, pgid: int, stopping: bool = False) -> None:
+        want = not stopping and self._lease_active()
+        if want and not self.paused:
+            Supervisor._send(pgid, signal.SIGSTOP)
+            self.paused = True
+            self.status.update(paused=True)
+        elif not want and self.paused:
+            self.release(pgid)
+        elif not self.paused and self._clock() - self._last_rescue >= self.RESCUE_S:
+            Supervisor._send(pgid, signal.SIGCONT)
+            self._last_rescue = self._clock()
+
+    def release(self, pgid: int) -> None:
+        Supervisor._send(pgid, signal.SIGCONT)
+        if self.paused:
+            self.paused = False
+            self.status.update(paused=False)
+
+
 def _finite(x: float | None) -> float | None:
     import math
 
     return x if x is not None and math.isfinite(x) else None
 
 
-def new_status(backend: str) -> TrainerStatus:
-    return TrainerStatus(state="starting", backend=backend, pid=os.getpid())
+def new_status(backend: str, run_id: str | None = None, device: str = "auto") -> TrainerStatus:
+    """The first status of a run. ``device``: training.device (the GPUs come from CUDA_VISIBLE_DEVICES)."""
+    from shared.liveness import this_host
+
+    gpus = "cpu" if device == "cpu" else os.environ.get("CUDA_VISIBLE_DEVICES", "all")
+    return TrainerStatus(state="starting", backend=backend, pid=os.getpid(), host=this_host(), run_id=run_id,
+                         gpus=gpus)

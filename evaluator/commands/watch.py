@@ -3,6 +3,7 @@
 Examples:
   python -m evaluator watch --dir runs/demo/trial_0001 --exit-when-done
   python -m evaluator watch --dir sweeps/demo --device cuda:1
+  python -m evaluator watch --dir /kohya/output --config eval.toml --name mylora   # a folder sd-scripts wrote
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from evaluator.settings import Overrides
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", type=Path, required=True, help="a trial folder or a sweep root")
+    parser.add_argument("--dir", type=Path, required=True,
+                        help="a trial folder, a sweep root, or any folder of LoRA files (with --config)")
+    parser.add_argument("--config", type=Path,
+                        help="a TOML whose [model] and [evaluation] sections say what to generate with, for a folder "
+                        "our trainer did not make (no params.json); see configs/evaluate-folder.toml")
+    parser.add_argument("--name", help="score only this output name's files (NAME.safetensors, NAME-000002..., "
+                        "NAME-step...); default: the trial's output name, or every *.safetensors")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                         help="auto: fp16/bf16 on GPU, fp32 on CPU")
@@ -28,7 +35,13 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser)
     parser.add_argument("--exit-when-done", action="store_true",
-                        help="exit 0 once the trainer is finished and every checkpoint is scored")
+                        help="exit 0 once the trainer is finished and every checkpoint is scored (a folder without "
+                        "a trainer: once its final file is scored, or after --idle-exit seconds with nothing new)")
+    parser.add_argument("--idle-exit", type=float, default=300.0,
+                        help="with --exit-when-done on a folder without a trainer: seconds without a new file "
+                        "before exiting (default 300)")
+    parser.add_argument("--max-attempts", type=int, default=2,
+                        help="a checkpoint that crashed the evaluator this many times is recorded failed (default 2)")
     parser.add_argument("--polling", action="store_true", help="poll the disk (network filesystems)")
     parser.add_argument("--rescan-interval", type=float, default=5.0, help="seconds between rescans (default 5)")
     parser.add_argument("--incomplete-timeout", type=float, default=120.0,
@@ -37,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from(args: argparse.Namespace, **extra) -> Options:
-    return Options(device=args.device, dtype=args.dtype,
+    return Options(device=args.device, dtype=args.dtype, config_path=args.config, name=args.name,
                    overrides=Overrides(num_samples=args.num_samples, steps=args.steps, gpu_sharing=args.gpu_sharing),
                    **extra)
 
@@ -45,5 +58,5 @@ def options_from(args: argparse.Namespace, **extra) -> Options:
 def run(args: argparse.Namespace) -> int:
     opts = options_from(args, exit_when_done=args.exit_when_done, polling=args.polling,
                         rescan_interval=args.rescan_interval, incomplete_timeout=args.incomplete_timeout,
-                        wait_lock=args.wait_lock)
+                        wait_lock=args.wait_lock, idle_exit=args.idle_exit, max_attempts=args.max_attempts)
     return Daemon(args.dir, opts).run()

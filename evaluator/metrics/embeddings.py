@@ -43,12 +43,15 @@ def max_ref_sim(sample_emb: np.ndarray, ref_emb: np.ndarray) -> float:
 
 
 def cmmd(x: np.ndarray, y: np.ndarray, sigma: float = CMMD_SIGMA) -> float | None:
-    """Unbiased MMD^2 between two embedding sets, RBF kernel, x1000 (CMMD, Jayasumana et al. 2024).
+    """CMMD (Jayasumana et al. 2024, "Rethinking FID"): MMD^2 between two embedding sets, x1000.
 
-    k(a, b) = exp(-gamma |a - b|^2) with gamma = 1 / (2 sigma^2), sigma = 10 and the x1000 scale as in the
-    paper's reference code. That code averages the full kernel matrices (the biased V-statistic); here
-    the diagonals of k(x, x) and k(y, y) are left out (the unbiased U-statistic), so two sets drawn from one
-    distribution give about 0 and can give slightly negative values. None below 2 rows per set."""
+    The paper's estimator (its reference code ``cmmd/distance.py``): Gaussian RBF kernel
+    k(a, b) = exp(-|a - b|^2 / (2 sigma^2)), sigma = 10, and the full kernel means, diagonals included:
+    mean k(x, x) + mean k(y, y) - 2 mean k(x, y). That is the squared distance between the two sets' mean
+    embeddings in the kernel's feature space, so it is >= 0, exactly 0 for identical sets and grows with
+    the distance between them. Tiny negative rounding residue is clipped to 0. With few images it carries
+    a positive floor: two independent draws of m and n images from one distribution give about
+    1000 (1/m + 1/n) (1 - mean k between distinct images). None below 2 rows per set."""
     if len(x) < 2 or len(y) < 2:
         return None
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -58,8 +61,15 @@ def cmmd(x: np.ndarray, y: np.ndarray, sigma: float = CMMD_SIGMA) -> float | Non
         d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
         return np.exp(-gamma * np.maximum(d, 0))
 
-    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
-    m, n = len(x), len(y)
-    value = ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-             - 2 * kxy.mean())
-    return float(value * CMMD_SCALE)
+    value = k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean()
+    return float(max(value, 0.0) * CMMD_SCALE)
+
+
+def cmmd_floor(n_x: int, n_y: int, mean_cosine: float, sigma: float = CMMD_SIGMA) -> float | None:
+    """About what ``cmmd`` gives for two sets of n_x and n_y unit embeddings drawn from one distribution
+    whose distinct members have mean cosine ``mean_cosine``: the small-sample floor (x1000).
+
+    For unit vectors |a - b|^2 = 2 - 2 cos, so 1 - k = 1 - exp(-(1 - cos) / sigma^2)."""
+    if n_x < 1 or n_y < 1:
+        return None
+    return float(CMMD_SCALE * (1 / n_x + 1 / n_y) * (1 - np.exp(-(1 - mean_cosine) / sigma**2)))

@@ -5,7 +5,7 @@ and caches the colour and image statistics, so comparing sets later is cheap."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from evaluator.metrics.clip_encoder import ClipEncoder
 from evaluator.metrics.failures import failure_reason
 from evaluator.metrics.image_stats import mean_stats
 from evaluator.metrics.images import as_rgb
+from evaluator.metrics.memorisation import thumbnails
 
 
 @dataclass
@@ -27,6 +28,9 @@ class ReferenceSet:
     stats: dict[str, float]  # mean brightness, contrast_rms, saturation, clipped_fraction
     self_sim: float | None  # mean pairwise cosine among the references (None below 2)
     encoder: str = ""
+    names: list[str] = field(default_factory=list)  # one label per image (file name), for warnings and copies
+    thumbnails: np.ndarray | None = None  # (N, 32, 32, 3) uint8, for the near-copy test
+    dino: np.ndarray | None = None  # (N, E) DINO embeddings, L2-normalised, when DINO is on
 
 
 @dataclass
@@ -45,6 +49,8 @@ class SampleSet:
     stats: dict[str, float] | None
     lab_pixels: np.ndarray | None = None
     encoder: str = ""
+    dino: np.ndarray | None = None  # DINO embeddings of the sound samples, when DINO is on
+    device: str = "cpu"  # the torch device the colour and SSIM metrics of this set run on (the encoder's)
 
     @property
     def valid(self) -> list[np.ndarray]:
@@ -61,18 +67,23 @@ class SampleSet:
         return sum(f is not None for f in self.failures) / len(self.failures) if self.failures else None
 
 
-def prepare_references(images: Sequence[np.ndarray], encoder: ClipEncoder) -> ReferenceSet:
-    """Embed and summarise the references once per trial. Unreadable values (NaN) are zeroed."""
+def prepare_references(images: Sequence[np.ndarray], encoder: ClipEncoder, names: Sequence[str] | None = None,
+                       dino=None) -> ReferenceSet:
+    """Embed and summarise the references once per trial. Unreadable values (NaN) are zeroed.
+
+    ``names`` label the images (default: their index); ``dino`` is the trial's DinoEncoder, or None."""
     ims = [np.clip(np.nan_to_num(as_rgb(im)), 0, 1) for im in images]
-    pixels = color.lab_pixels(ims)
+    pixels = color.lab_pixels(ims, device=_device(encoder))
     emb = encoder.encode_images(ims)
     return ReferenceSet(ims, emb, pixels, pixels.mean(axis=0) if len(pixels) else np.zeros(3),
-                        mean_stats(ims) or {}, embeddings.ref_self_sim(emb) if len(ims) else None, encoder.name)
+                        mean_stats(ims) or {}, embeddings.ref_self_sim(emb) if len(ims) else None, encoder.name,
+                        list(names) if names is not None else [str(i) for i in range(len(ims))], thumbnails(ims),
+                        dino.encode_images(ims) if dino is not None and ims else None)
 
 
 def prepare_samples(images: Sequence[np.ndarray], prompts: Sequence[str], seeds: Sequence[int],
                     encoder: ClipEncoder, nsfw_flags: Sequence[bool] | None = None,
-                    failures: Sequence[str | None] | None = None) -> SampleSet:
+                    failures: Sequence[str | None] | None = None, dino=None) -> SampleSet:
     """Check, embed and summarise one set of samples.
 
     Args:
@@ -83,6 +94,7 @@ def prepare_samples(images: Sequence[np.ndarray], prompts: Sequence[str], seeds:
         failures: reasons already known per sample (e.g. ``metrics.json`` ``samples[i].failed`` when
             rebuilding a set from PNGs after a restart, since a PNG cannot hold NaN); a non-None entry
             marks the sample failed without looking at it.
+        dino: the trial's DinoEncoder, or None when DINO is off.
     """
     n = len(images)
     if len(prompts) != n or len(seeds) != n:
@@ -97,4 +109,10 @@ def prepare_samples(images: Sequence[np.ndarray], prompts: Sequence[str], seeds:
     emb = encoder.encode_images(valid) if valid else None
     text = encoder.encode_texts(valid_prompts) if valid else None
     return SampleSet(ims, [str(p) for p in prompts], [int(s) for s in seeds], reasons, emb, text,
-                     mean_stats(valid), color.lab_pixels(valid) if valid else None, encoder.name)
+                     mean_stats(valid), color.lab_pixels(valid, device=_device(encoder)) if valid else None,
+                     encoder.name, dino.encode_images(valid) if dino is not None and valid else None, _device(encoder))
+
+
+def _device(encoder) -> str:
+    """Where the encoder runs: the device for the torch metrics (the CPU for encoders without one)."""
+    return str(getattr(encoder, "device", "cpu"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shared.errors import FileFormatError
 from shared.jsonio import read_model_or_none
@@ -20,6 +21,7 @@ class TrialFiles:
     stop_request: StopRequest | None = None
     baseline: CheckpointMetrics | None = None
     metrics: dict[str, CheckpointMetrics] = field(default_factory=dict)
+    folders: dict[str, Path] = field(default_factory=dict)  # where each row's metrics.json and samples are
     problems: list[str] = field(default_factory=list)
 
 
@@ -39,9 +41,11 @@ def read_trial(trial: Trial) -> TrialFiles:
     f.status = _read(trial.status_path, TrainerStatus, f.problems)
     f.summary = _read(trial.evaluation_summary_path, EvaluationSummary, f.problems)
     f.stop_request = _read(trial.stop_request_path, StopRequest, f.problems)
-    names = ([BASELINE] if f.summary and f.summary.baseline else []) + (list(f.summary.checkpoints) if f.summary else [])
-    for name in names:
-        folder = trial.baseline_dir if name == BASELINE else trial.checkpoint_eval_dir(name)
+    rows = (([(BASELINE, f.summary.baseline)] if f.summary.baseline else []) + list(f.summary.checkpoints.items())
+            if f.summary else [])
+    for name, entry in rows:
+        folder = trial.results_dir(getattr(entry, "results_dir", None), name)
+        f.folders[name] = folder
         m = _read(folder / "metrics.json", CheckpointMetrics, f.problems)
         if m is not None:
             f.metrics[name] = m

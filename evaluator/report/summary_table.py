@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from evaluator.report.files import read_trial
+from evaluator.report.trial_page import trial_notes
 from shared.trial import Trial
 
 COLUMNS = ("score", "clip_t", "clip_i", "color_swd_lab", "ssim_prev", "failure_rate")
@@ -11,6 +12,7 @@ COLUMNS = ("score", "clip_t", "clip_i", "color_swd_lab", "ssim_prev", "failure_r
 def print_summary_table(trial: Trial) -> None:
     """Print the trial's checkpoints in training order with key metrics; the baseline first, best starred."""
     from rich.console import Console
+    from rich.markup import escape as rich_escape
     from rich.table import Table
 
     f = read_trial(trial)
@@ -31,3 +33,5 @@ def print_summary_table(trial: Trial) -> None:
     console.print(table)
     for name, reason in s.failed.items():
         console.print(f"[red]failed[/red] {name}: {reason}")
+    for note in trial_notes(f):
+        console.print(f"[yellow]weak evidence[/yellow]: {rich_escape(note)}", highlight=False)

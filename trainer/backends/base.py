@@ -36,6 +36,9 @@ class ResumePoint:
     state_dir: Path
     step: int
     epoch: int
+    #: The length of the lr schedule the state was trained under (None if unknown): a continuation
+    #: keeps it, so its lr is the uninterrupted run's.
+    schedule_steps: int | None = None
 
 
 # ---- events parsed from a backend's output
@@ -98,6 +101,9 @@ class Backend(Protocol):
 
     def parse_line(self, line: str) -> list[Event]:
         """Events in one line of the child's output (stdout or stderr, one ``\\r``/``\\n`` piece)."""
+
+    def current_lr(self) -> float | None:
+        """The learning rate now, for a backend whose output lines do not carry it (else None)."""
 
     def versions(self, config: RunConfig) -> dict[str, str]:
         """Extra provenance for params.json (e.g. the sd-scripts commit)."""

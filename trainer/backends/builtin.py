@@ -61,6 +61,9 @@ class BuiltinBackend:
                 best = ResumePoint(state_dir, counters.step, counters.epoch)
         return best
 
+    def current_lr(self) -> float | None:
+        return None  # every progress line carries it
+
     def parse_line(self, line: str) -> list[Event]:
         data = events.decode(line)
         if data is None:

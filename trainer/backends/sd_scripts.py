@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from shared.config import RunConfig
 from shared.errors import EpochscopeError
+from shared.safetensors_info import inspect
 from shared.trial import Trial
 from trainer.backends.base import Event, LaunchSpec, ResumePoint
 from trainer.sd_scripts import command, continuation, output
+from trainer.sd_scripts.tensorboard_lr import LrReader
 
 HOW_TO = ("point training.sd_scripts_dir at a kohya-ss/sd-scripts checkout and training.sd_scripts_python at "
           "the Python of its own venv (or set $SD_SCRIPTS_DIR / $SD_SCRIPTS_PYTHON); see docs/sd-scripts.md")
@@ -25,6 +28,8 @@ class SdScriptsBackend:
     def __init__(self) -> None:
         self._resume: ResumePoint | None = None
         self._output_name = "lora"
+        self._schedule_steps: int | None = None
+        self._lr: LrReader | None = None
 
     def check(self, config: RunConfig) -> None:
         t = config.training
@@ -53,13 +58,17 @@ class SdScriptsBackend:
                      target_steps: int | None, target_epochs: int | None = None) -> LaunchSpec:
         t = config.training
         self._resume, self._output_name = resume, config.output.name
-        steps, epochs = self._run_length(config, resume, target_steps, target_epochs)
+        spe = continuation.steps_per_epoch_of(trial, config.output.name) if resume is not None else None
+        steps, epochs = self._run_length(config, resume, target_steps, target_epochs, spe)
         out_dir = trial.root
+        self._schedule_steps = None
         if resume is not None:
             out_dir = continuation.staging_dir(trial)
             shutil.rmtree(out_dir, ignore_errors=True)
+            self._schedule_steps = continuation.schedule_length(trial, config.output.name, resume, steps, epochs)
+        self._lr = LrReader(trial.logs_dir / "sd-scripts", since=time.time())
         args = command.script_args(config, out_dir, trial.logs_dir / "sd-scripts",
-                                   resume.state_dir if resume else None, steps, epochs)
+                                   resume.state_dir if resume else None, steps, epochs, self._schedule_steps)
         python = t.resolved_sd_scripts_python() or command.PLACEHOLDER_PYTHON
         folder = t.resolved_sd_scripts_dir() or command.PLACEHOLDER_DIR
         env = {"PYTHONUNBUFFERED": "1"}
@@ -70,12 +79,16 @@ class SdScriptsBackend:
 
     @staticmethod
     def _run_length(config: RunConfig, resume: ResumePoint | None, target_steps: int | None,
-                    target_epochs: int | None) -> tuple[int | None, int | None]:
-        """Steps or epochs for this process to run (relative when resuming: sd-scripts counts from 0)."""
+                    target_epochs: int | None, steps_per_epoch: int | None = None) -> tuple[int | None, int | None]:
+        """Steps or epochs for this process to run (relative when resuming: sd-scripts counts from 0).
+        A continuation to an epoch target runs the steps to that epoch's end when the steps per epoch
+        are known: from a mid-epoch state, whole epochs would overshoot it."""
         t = config.training
         step0, epoch0 = (resume.step, resume.epoch) if resume else (0, 0)
         if target_steps is None and target_epochs is None:
             target_steps, target_epochs = t.max_train_steps, (None if t.max_train_steps else t.max_train_epochs)
+        if target_steps is None and resume is not None and steps_per_epoch:
+            target_steps = int(target_epochs) * steps_per_epoch
         if target_steps is not None:
             steps = target_steps - step0
             if steps < 1:
@@ -92,29 +105,45 @@ class SdScriptsBackend:
         for name, folder in trial.state_dirs(config.output.name):
             if not (folder / continuation.STATE_DONE_MARKER).exists():
                 continue
+            schedule = None
             try:
                 data = json.loads((folder / "train_state.json").read_text())
                 step, epoch = int(data["current_step"]), int(data["current_epoch"])
+                schedule = data.get(continuation.SCHEDULE_KEY)
             except (OSError, ValueError, KeyError):
                 step, epoch = name.step or 0, name.epoch or 0
+            if schedule is None:  # a first run's state: its checkpoint says how long its schedule was
+                schedule = inspect(trial.checkpoint_path(name.stem)).metadata_int("ss_max_train_steps")
             if best is None or step > best.step:
-                best = ResumePoint(folder, step, epoch)
+                best = ResumePoint(folder, step, epoch, int(schedule) if schedule else None)
         return best
 
     def parse_line(self, line: str) -> list[Event]:
         return output.parse_line(line)
 
+    def current_lr(self) -> float | None:
+        return self._lr.poll() if self._lr is not None else None
+
     def collect_outputs(self, trial: Trial) -> list[Path]:
         """Called by the supervisor as it runs: adopt a continuation's finished files."""
         if self._resume is None:
             return []
-        return continuation.adopt_outputs(trial, self._output_name, self._resume.step, self._resume.epoch)
+        return continuation.adopt_outputs(trial, self._output_name, self._resume.step, self._resume.epoch,
+                                          self._schedule_steps)
+
+    def finish(self, trial: Trial) -> None:
+        """Called by the supervisor at the end: an emptied staging folder goes."""
+        if self._resume is not None:
+            continuation.remove_if_empty(continuation.staging_dir(trial))
 
     def versions(self, config: RunConfig) -> dict[str, str]:
-        folder = config.training.resolved_sd_scripts_dir()
-        if not folder:
-            return {}
-        from trainer.provenance import git_commit
+        """sd-scripts' commit and the packages of *its* Python (they train; ours do not)."""
+        from trainer.provenance import git_commit, venv_versions
 
-        commit = git_commit(folder)
-        return {"sd_scripts_commit": commit} if commit else {}
+        folder = config.training.resolved_sd_scripts_dir()
+        python = config.training.resolved_sd_scripts_python()
+        out = venv_versions(python) if python else {}
+        commit = git_commit(folder, root=True) if folder else None
+        if commit:
+            out["sd_scripts_commit"] = commit
+        return out

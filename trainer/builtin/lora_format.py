@@ -1,7 +1,8 @@
 """peft LoRA weights <-> the kohya/sd-scripts LoRA file format that WebUI, ComfyUI and diffusers read.
 
-kohya keys: ``lora_unet_<module path, dots as underscores>.lora_down.weight`` (peft's lora_A),
-``.lora_up.weight`` (lora_B) and ``.alpha`` (a scalar); the text encoder uses ``lora_te_``.
+kohya keys: ``<kohya module name>.lora_down.weight`` (peft's lora_A), ``.lora_up.weight`` (lora_B) and
+``.alpha`` (a scalar), with module names from ``shared.kohya_names`` (``lora_unet_...``,
+``lora_te_text_model_encoder_layers_...``).
 """
 
 from __future__ import annotations
@@ -12,24 +13,28 @@ from pathlib import Path
 
 import torch
 
+from shared.kohya_names import Component, KohyaTable
+
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 
 
-def kohya_key(prefix: str, module_path: str) -> str:
-    return f"{prefix}_{module_path.replace('.', '_')}"
+def to_kohya(peft_state: dict[str, torch.Tensor], root: torch.nn.Module, component: Component, table: KohyaTable,
+             alpha: float) -> dict[str, torch.Tensor]:
+    """Convert ``get_peft_model_state_dict(root)`` output (``<path>.lora_A.weight``...) to kohya keys.
 
-
-def to_kohya(peft_state: dict[str, torch.Tensor], prefix: str, alpha: float) -> dict[str, torch.Tensor]:
-    """Convert ``get_peft_model_state_dict`` output (``<path>.lora_A.weight``...) to kohya keys."""
+    Names come from the kohya table (``shared.kohya_names``), not from ``root``'s module paths: under
+    transformers 5 the text encoder has no ``text_model.`` level, but kohya's names keep it."""
+    names = table.names_for(root, component)
     out: dict[str, torch.Tensor] = {}
     for key, tensor in peft_state.items():
         for peft_part, kohya_part in ((".lora_A.weight", "lora_down.weight"), (".lora_B.weight", "lora_up.weight")):
             if key.endswith(peft_part):
-                module = key[: -len(peft_part)]
-                base = kohya_key(prefix, module)
-                out[f"{base}.{kohya_part}"] = tensor.detach().to("cpu", torch.float32).contiguous()
-                out[f"{base}.alpha"] = torch.tensor(float(alpha))
+                name = names.get(id(root.get_submodule(key[: -len(peft_part)])))
+                if name is None:
+                    raise ValueError(f"trained module {key[: -len(peft_part)]!r} has no kohya name for SD 1.x")
+                out[f"{name}.{kohya_part}"] = tensor.detach().to("cpu", torch.float32).contiguous()
+                out[f"{name}.alpha"] = torch.tensor(float(alpha))
                 break
         else:
             raise ValueError(f"unexpected LoRA key {key!r}")

@@ -24,6 +24,35 @@ class Counters:
     steps_per_epoch: int
     seed: int
     output_name: str
+    #: The length the lr schedule was built for (0 in states written before it was recorded: then
+    #: total_steps, which is what those runs used).
+    schedule_steps: int = 0
+
+
+def schedule_length(counters: Counters | None, total_steps: int) -> int:
+    """How many steps this run's lr schedule spans.
+
+    A new run: its own length. A continuation follows the schedule the run started with, whatever
+    ``--steps``/``--epochs`` say, so its lr is the uninterrupted run's at every step; only a run taken
+    past that schedule's end stretches it to the new end (else linear would train at lr 0 from there).
+    """
+    if counters is None:
+        return total_steps
+    return max(counters.schedule_steps or counters.total_steps, total_steps)
+
+
+def apply_schedule(optimizer, scheduler) -> None:
+    """After loading a state: set each group's lr to what ``scheduler`` gives at its restored step.
+
+    The optimizer state holds the lr of the schedule it was saved with; with a stretched schedule
+    that would be one step out of date.
+    """
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if not lambdas:
+        return
+    for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, lambdas):
+        group["lr"] = base * fn(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
 def save_state(dest: Path, counters: Counters, weights: dict[str, torch.Tensor], optimizer, scheduler) -> None:

@@ -23,6 +23,7 @@ from shared.records import Params
 from shared.trial import Trial
 from trainer.builtin import dataset as ds
 from trainer.builtin.events import emit, fail, say
+from trainer.outputs import retire_final
 
 
 class _StopFlag:
@@ -68,6 +69,8 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
+    from shared.kohya_names import KohyaTable
+    from shared.text_encoding import encode_prompts
     from trainer.builtin import lora_format, state
     from trainer.builtin.models import load_components
 
@@ -128,14 +131,15 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
     else:
         total_epochs = int(target_epochs)
         total_steps = total_epochs * steps_per_epoch
+    counters = state.read_counters(resume) if resume is not None else None
+    if resume is not None and counters is None:
+        raise EpochscopeError(f"{resume} is not a complete training state of the builtin backend")
+    schedule_steps = state.schedule_length(counters, total_steps)
     lr_scheduler = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=tc.lr_warmup_steps,
-                                 num_training_steps=total_steps)
+                                 num_training_steps=schedule_steps)
 
     global_step = 0
-    if resume is not None:
-        counters = state.read_counters(resume)
-        if counters is None:
-            raise EpochscopeError(f"{resume} is not a complete training state of the builtin backend")
+    if resume is not None and counters is not None:
         if counters.steps_per_epoch != steps_per_epoch:
             raise EpochscopeError(f"{resume}: the dataset or batch size changed since this state was saved "
                                   f"({counters.steps_per_epoch} steps per epoch then, {steps_per_epoch} now)")
@@ -146,9 +150,8 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
         if te_w:
             set_peft_model_state_dict(comp.text_encoder, te_w)
         global_step = counters.step
-        for g in optimizer.param_groups:  # a changed schedule length applies from here on
-            g.setdefault("initial_lr", g["lr"])
-        say(f"resumed from {resume} at step {global_step}")
+        state.apply_schedule(optimizer, lr_scheduler)  # the next step's lr, from this run's schedule
+        say(f"resumed from {resume} at step {global_step} (lr schedule over {schedule_steps} steps)")
     emit("totals", total_steps=total_steps, total_epochs=total_epochs, steps_per_epoch=steps_per_epoch)
     say(f"total optimization steps: {total_steps} ({total_epochs} epochs x {steps_per_epoch} steps)")
     if global_step >= total_steps:
@@ -170,12 +173,7 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
             latent_cache = [vae.encode(to_pixels([i])).latent_dist.mode()[0] * scaling for i in range(len(items))]
 
     def encode_text(idx: list[int]):
-        tokens = tokenizer([items[i].caption for i in idx], padding="max_length", truncation=True,
-                           max_length=tokenizer.model_max_length, return_tensors="pt").input_ids.to(device)
-        if cfg.model.clip_skip and cfg.model.clip_skip > 1:
-            out = text_encoder(tokens, output_hidden_states=True)
-            return text_encoder.text_model.final_layer_norm(out.hidden_states[-cfg.model.clip_skip])
-        return text_encoder(tokens)[0]
+        return encode_prompts(tokenizer, text_encoder, [items[i].caption for i in idx], cfg.model.clip_skip, device)
 
     def loss_for(idx: list[int], gen: torch.Generator):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
@@ -199,24 +197,30 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
         return F.mse_loss(pred.float(), target.float())
 
     trainable = unet_params + te_params
+    kohya_table = KohyaTable.for_models(unet, text_encoder)
 
     def save(stem: str, epoch: int) -> None:
         unet_sd = get_peft_model_state_dict(unet)
-        tensors = lora_format.to_kohya(unet_sd, "lora_unet", net.alpha)
+        tensors = lora_format.to_kohya(unet_sd, unet, "unet", kohya_table, net.alpha)
         weights = {f"unet.{k}": v for k, v in unet_sd.items()}
         if te_params:
             te_sd = get_peft_model_state_dict(text_encoder)
-            tensors.update(lora_format.to_kohya(te_sd, "lora_te", net.alpha))
+            tensors.update(lora_format.to_kohya(te_sd, text_encoder, "text_encoder", kohya_table, net.alpha))
             weights.update({f"te.{k}": v for k, v in te_sd.items()})
         meta = lora_format.sd_scripts_metadata(
             output_name=cfg.output.name, epoch=epoch, step=global_step, num_epochs=total_epochs, dim=net.dim,
             alpha=net.alpha, learning_rate=tc.learning_rate, started_at=started_at, resolution=cfg.dataset.resolution,
             train_text_encoder=net.train_text_encoder, seed=tc.seed, num_train_images=samples_per_epoch)
         path = trial.checkpoint_path(stem)
+        if stem == cfg.output.name:  # a continuation's final: the previous one keeps its epoch/step name
+            kept = retire_final(trial, cfg.output.name, steps_per_epoch)
+            if kept is not None:
+                say(f"kept the previous final checkpoint as {kept.name}")
         say(f"saving checkpoint: {path}")
         if tc.save_state:
             counters = state.Counters(step=global_step, epoch=epoch, total_steps=total_steps, total_epochs=total_epochs,
-                                      steps_per_epoch=steps_per_epoch, seed=tc.seed, output_name=cfg.output.name)
+                                      steps_per_epoch=steps_per_epoch, seed=tc.seed, output_name=cfg.output.name,
+                                      schedule_steps=schedule_steps)
             state.save_state(trial.state_dir(stem), counters, weights, optimizer, lr_scheduler)
         lora_format.save_atomic(tensors, meta, path)
         emit("checkpoint", path=str(path), epoch=epoch, step=global_step)
@@ -256,23 +260,23 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
                 say(f"warning: loss is {step_loss} at step {global_step}")
             epoch_done = s == steps_per_epoch - 1
             if stop.requested:
-                # A step that also ends the epoch is saved under the epoch's name.
-                done_epoch = epoch if epoch_done else epoch - 1
+                # A step that also ends the epoch is saved under the epoch's name; ss_epoch counts only
+                # completed epochs, so a stop mid-epoch never calls the unfinished one done.
                 final = global_step >= total_steps
                 stem = cfg.output.name if final else (epoch_stem(cfg.output.name, epoch) if epoch_done
                                                       else step_stem(cfg.output.name, global_step))
-                save(stem, done_epoch if epoch_done or final else epoch)
+                save(stem, global_step // steps_per_epoch)
                 say(f"stopped on request at step {global_step}")
                 emit("stopped", step=global_step)
                 return 0
             n_steps = tc.save_every_n_steps
             if n_steps and global_step % n_steps == 0 and global_step < total_steps:
-                save(step_stem(cfg.output.name, global_step), epoch)
+                save(step_stem(cfg.output.name, global_step), global_step // steps_per_epoch)
         epoch_index += 1
         n_ep = tc.save_every_n_epochs
         if n_ep and epoch % n_ep == 0 and epoch < total_epochs and global_step < total_steps:
             save(epoch_stem(cfg.output.name, epoch), epoch)
-    save(cfg.output.name, min(epoch_index, total_epochs))
+    save(cfg.output.name, global_step // steps_per_epoch)  # completed epochs: a partial one is not counted
     say(f"training finished: {global_step} steps")
     return 0
 

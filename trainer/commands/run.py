@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 from shared.config import RunConfig, load_config
-from shared.errors import EpochscopeError
-from shared.jsonio import write_model
-from shared.records import Params, SweepInfo
+from shared.errors import EpochscopeError, FileFormatError
+from shared.folder_lock import acquire_trainer_lock
+from shared.jsonio import read_model_or_none, write_model
+from shared.liveness import new_run_id
+from shared.records import Params, RunRecord, SweepInfo
 from shared.trial import Trial
 from trainer.backends import get_backend
 from trainer.outputs import back_up_previous_run, consume_stale_stop_request, previous_run_files
@@ -74,26 +77,65 @@ def run(args: argparse.Namespace) -> int:
         return _dry_run(config, trial, backend, args)
 
     _ensure_writable(trial.root)
-    status = StatusFile(trial, new_status(backend.name))
+    lock = acquire_trainer_lock(trial.root)  # before anything is written: a second trainer changes nothing
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _interrupt)
+    status = StatusFile(trial, new_status(backend.name, new_run_id(), config.training.device))
     try:
-        resume = _prepare_folder(config, trial, backend, args)
-        backend.check(config)
-        target_steps, target_epochs = continue_targets(resume, args.steps, args.epochs)
-        spec = backend.build_launch(config, trial, resume, target_steps, target_epochs)
-        params = Params(trial_name=trial.name, backend=backend.name, config=config,
-                        command=spec.argv if backend.name != "builtin" else None,
-                        versions={**package_versions(), **backend.versions(config)},
-                        git_commit=git_commit(Path(__file__).parent), sweep=_sweep_info())
-        if backend.name == "sd-scripts":
-            params.sd_scripts_commit = backend.versions(config).get("sd_scripts_commit")
-        write_model(trial.params_path, params)
-        if resume is not None:
-            status.update(step=resume.step, epoch=resume.epoch)
+        return _run_locked(args, config, trial, backend, status)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the supervisor took over: nothing was started
+        status.update(state="stopped", exit_code=130, message="stopped during start-up; nothing was trained")
         status.flush(force=True)
+        print("stopped during start-up", file=sys.stderr, flush=True)
+        return 130
     except EpochscopeError as e:
         status.update(state="failed", exit_code=2, message=str(e))
         status.flush(force=True)
         raise
+    except BaseException as e:
+        if not status.status.is_final:
+            status.update(state="failed", exit_code=1, message=f"trainer crashed: {type(e).__name__}: {e}")
+            status.flush(force=True)
+        raise
+    finally:
+        status.stop_heartbeat()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        lock.release()
+
+
+def _interrupt(signum, frame) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def _run_locked(args: argparse.Namespace, config: RunConfig, trial: Trial, backend, status: StatusFile) -> int:
+    resume = _prepare_folder(config, trial, backend, args)
+    status.flush(force=True)  # at once: the previous run's final status must not outlive this start
+    status.start_heartbeat()
+    backend.check(config)
+    target_steps, target_epochs = continue_targets(resume, args.steps, args.epochs)
+    spec = backend.build_launch(config, trial, resume, target_steps, target_epochs)
+    command = spec.argv if backend.name != "builtin" else None
+    record = RunRecord(run_id=status.status.run_id or "", mode="continue" if resume else "new",
+                       resumed_from=resume.state_dir.name if resume else None,
+                       resumed_at_step=resume.step if resume else None, target_steps=target_steps,
+                       target_epochs=target_epochs, command=command)
+    previous = _previous_params(trial) if resume is not None else None
+    ours, theirs = package_versions(), backend.versions(config)
+    if backend.name == "sd-scripts":  # its own venv trains: ours would mislead (only our version says something)
+        ours = {k: v for k, v in ours.items() if k == "epochscope"}
+    params = Params(trial_name=trial.name, backend=backend.name, config=config, command=command,
+                    versions={**ours, **{k: v for k, v in theirs.items() if k != "sd_scripts_commit"}},
+                    git_commit=git_commit(Path(__file__).parent), sweep=_sweep_info(),
+                    history=[*(previous.history if previous else []), record])
+    if previous is not None:
+        params.created_at = previous.created_at  # the run's start: ss_training_started_at stays the first's
+    if backend.name == "sd-scripts":
+        params.sd_scripts_commit = theirs.get("sd_scripts_commit")
+    write_model(trial.params_path, params)
+    if resume is not None:
+        status.update(step=resume.step, epoch=resume.epoch)
+    status.flush(force=True)
 
     console = Console()
     console.message(f"trial {trial.root} ({backend.name} backend)"
@@ -104,14 +146,31 @@ def run(args: argparse.Namespace) -> int:
         log.write(f"$ {spec.printable()}\n")
         log.flush()
         outcome = supervisor.run(spec, log)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the work has ended: let nothing interrupt the record of it
+        signal.signal(sig, signal.SIG_IGN)
     status.update(state=outcome.state, exit_code=outcome.exit_code, message=outcome.message,
                   last_checkpoint=outcome.last_checkpoint or status.status.last_checkpoint, eta_seconds=None)
     status.flush(force=True)
     line = f"{outcome.state}: {outcome.message}"
     if outcome.last_checkpoint:
         line += f" (last checkpoint {outcome.last_checkpoint})"
-    print(line, file=sys.stderr if outcome.state == "failed" else sys.stdout, flush=True)
+    try:
+        print(line, file=sys.stderr if outcome.state == "failed" else sys.stdout, flush=True)
+    except BrokenPipeError:  # `trainer run ... | head`: the status file already says it all
+        pass
     return outcome.exit_code
+
+
+def _previous_params(trial: Trial) -> Params | None:
+    """The params.json a continuation extends (its history and start time), if it is readable."""
+    try:
+        previous = read_model_or_none(trial.params_path, Params)
+    except FileFormatError:
+        return None
+    if previous is not None and not previous.history:  # written before params kept a history
+        previous.history = [RunRecord(run_id="", mode="new", started_at=previous.created_at,
+                                      command=previous.command)]
+    return previous
 
 
 def _ensure_writable(folder: Path) -> None:

@@ -10,9 +10,28 @@ PLACEHOLDER_DIR = "$SD_SCRIPTS_DIR"
 PLACEHOLDER_PYTHON = "$SD_SCRIPTS_PYTHON"
 
 
+# sd-scripts builds these schedules from --max_train_steps, which a continuation sets to its own length.
+# Named as a function instead, they take the original run's length (sd-scripts' --lr_scheduler_type).
+LENGTH_DEPENDENT = {"linear": "transformers.optimization.get_linear_schedule_with_warmup",
+                    "cosine": "transformers.optimization.get_cosine_schedule_with_warmup"}
+
+
+def schedule_args(config: RunConfig, schedule_steps: int) -> list[str]:
+    """A continuation's lr schedule: the one the run started with, ``schedule_steps`` long (sd-scripts
+    restores its step from the state). Empty for schedules whose length does not matter."""
+    t = config.training
+    function = LENGTH_DEPENDENT.get(t.lr_scheduler)
+    if function is None:
+        return []
+    total = schedule_steps * t.num_gpus  # sd-scripts steps the scheduler once per process
+    return ["--lr_scheduler_type", function, "--lr_scheduler_args", f"num_warmup_steps={t.lr_warmup_steps}",
+            f"num_training_steps={total}"]
+
+
 def script_args(config: RunConfig, output_dir: Path, logging_dir: Path, resume: Path | None,
-                steps: int | None, epochs: int | None) -> list[str]:
-    """Arguments after ``train_network.py``. ``steps``/``epochs``: the length of this run."""
+                steps: int | None, epochs: int | None, schedule_steps: int | None = None) -> list[str]:
+    """Arguments after ``train_network.py``. ``steps``/``epochs``: the length of this run;
+    ``schedule_steps``: with ``resume``, the length of the lr schedule to follow."""
     c, d, n, t = config, config.dataset, config.network, config.training
     args = ["--pretrained_model_name_or_path", c.model.base]
     if d.dataset_config:
@@ -27,8 +46,10 @@ def script_args(config: RunConfig, output_dir: Path, logging_dir: Path, resume: 
              "--mixed_precision", t.mixed_precision, "--save_precision", "float" if t.mixed_precision == "no"
              else t.mixed_precision, "--seed", str(t.seed), "--logging_dir", str(logging_dir),
              "--log_with", "tensorboard", "--console_log_simple"]
-    if t.lr_warmup_steps:
+    schedule = schedule_args(config, schedule_steps) if resume is not None and schedule_steps else []
+    if t.lr_warmup_steps and not schedule:  # with --lr_scheduler_type, sd-scripts refuses --lr_warmup_steps
         args += ["--lr_warmup_steps", str(t.lr_warmup_steps)]
+    args += schedule
     if t.text_encoder_lr:
         args += ["--text_encoder_lr", _num(t.text_encoder_lr)]
     if not n.train_text_encoder:

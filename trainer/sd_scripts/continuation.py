@@ -1,6 +1,12 @@
 """A resumed sd-scripts run counts steps and epochs from zero again. It writes into a staging folder,
 and each complete output is moved into the trial under its true name, with ss_steps/ss_epoch and
-train_state.json corrected, so nothing earlier is overwritten and the history stays right."""
+train_state.json corrected, so nothing earlier is overwritten and the history stays right.
+
+True names: a staged file at its step s is at step step0 + s of the run. It ends an epoch only if that
+step is a multiple of the steps per epoch (a continuation from a mid-epoch state is out of phase with
+the run's epochs), so a staged epoch file becomes ``-{epoch}`` only then and ``-step{step}`` otherwise;
+``ss_epoch`` counts completed epochs, never the one in progress.
+"""
 
 from __future__ import annotations
 
@@ -12,25 +18,54 @@ from pathlib import Path
 from shared.naming import CHECKPOINT_SUFFIX, epoch_stem, parse_stem, state_dirname, step_stem
 from shared.safetensors_info import inspect
 from shared.trial import Trial
+from trainer.backends.base import ResumePoint
+from trainer.outputs import STAGING, retire_final, steps_per_epoch_of  # noqa: F401 (re-exported)
 
-STAGING = ".continue-staging"
 STATE_DONE_MARKER = "random_states_0.pkl"  # sd-scripts writes it last; we only check that it exists
+SCHEDULE_KEY = "epochscope_schedule_steps"  # added to an adopted state's train_state.json
 
 
 def staging_dir(trial: Trial) -> Path:
     return trial.root / STAGING
 
 
-def true_stem(stem: str, output_name: str, step0: int, epoch0: int) -> str:
+def remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # absent, or it still holds something unfinished: keep it for a look
+
+
+def true_stem(stem: str, output_name: str, step0: int, epoch0: int, staged_step: int | None = None,
+              steps_per_epoch: int | None = None) -> str:
+    """The trial name of a staged ``stem``. With the staged step and the steps per epoch known, epochs are
+    the run's own (see the module docstring); without, the continuation's epochs are added to epoch0."""
     name = parse_stem(stem, output_name)
+    if name.kind == "final":
+        return output_name
+    if staged_step is not None and steps_per_epoch:
+        step = step0 + staged_step
+        if name.kind == "epoch" and step % steps_per_epoch == 0:
+            return epoch_stem(output_name, step // steps_per_epoch)
+        return step_stem(output_name, step)
     if name.kind == "epoch":
         return epoch_stem(output_name, epoch0 + (name.epoch or 0))
-    if name.kind == "step":
-        return step_stem(output_name, step0 + (name.step or 0))
-    return output_name
+    return step_stem(output_name, step0 + (name.step or 0))
 
 
-def adopt_outputs(trial: Trial, output_name: str, step0: int, epoch0: int) -> list[Path]:
+def schedule_length(trial: Trial, output_name: str, resume: ResumePoint, steps: int | None,
+                    epochs: int | None) -> int | None:
+    """The lr schedule a continuation follows: the run's original length, stretched only when the
+    continuation goes past its end (as the builtin backend does). None if the original is unknown."""
+    if resume.schedule_steps is None:
+        return None
+    spe = steps_per_epoch_of(trial, output_name)
+    end = resume.step + steps if steps is not None else (resume.step + epochs * spe if epochs and spe else 0)
+    return max(resume.schedule_steps, end)
+
+
+def adopt_outputs(trial: Trial, output_name: str, step0: int, epoch0: int,
+                  schedule_steps: int | None = None) -> list[Path]:
     """Move every complete checkpoint and state from staging into the trial; returns the new files."""
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -38,24 +73,32 @@ def adopt_outputs(trial: Trial, output_name: str, step0: int, epoch0: int) -> li
     staging = staging_dir(trial)
     if not staging.is_dir():
         return []
+    spe = steps_per_epoch_of(trial, output_name, staging)
     moved = []
     for path in sorted(staging.glob("*" + CHECKPOINT_SUFFIX)):
         info = inspect(path)
         if not info.is_complete:
             continue
         stem = path.name[: -len(CHECKPOINT_SUFFIX)]
+        staged_step = info.metadata_int("ss_steps") or 0
         try:
-            new = true_stem(stem, output_name, step0, epoch0)
+            new = true_stem(stem, output_name, step0, epoch0, staged_step, spe)
         except ValueError:
             continue
         meta = dict(info.metadata)
-        meta["ss_steps"] = str(step0 + (info.metadata_int("ss_steps") or 0))
-        meta["ss_epoch"] = str(epoch0 + (info.metadata_int("ss_epoch") or 0))
+        step = step0 + staged_step
+        meta["ss_steps"] = str(step)
+        meta["ss_epoch"] = str(step // spe if spe else epoch0 + (info.metadata_int("ss_epoch") or 0))
+        if schedule_steps:
+            meta["ss_max_train_steps"] = str(schedule_steps)
         with safe_open(str(path), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         target = trial.checkpoint_path(new)
+        if new == output_name:
+            retire_final(trial, output_name)  # the previous final keeps its epoch or step name
         tmp = target.with_name(f".{target.name}.tmp")
         save_file(tensors, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, target)
         path.unlink()
         moved.append(target)
@@ -64,16 +107,26 @@ def adopt_outputs(trial: Trial, output_name: str, step0: int, epoch0: int) -> li
         if not (state / STATE_DONE_MARKER).exists() or not data_file.exists():
             continue
         stem = state.name[: -len("-state")]
+        data = json.loads(data_file.read_text())
+        staged_step = int(data.get("current_step", 0))
         try:
-            new = true_stem(stem, output_name, step0, epoch0)
+            new = true_stem(stem, output_name, step0, epoch0, staged_step, spe)
         except ValueError:
             continue
-        data = json.loads(data_file.read_text())
-        data = {"current_step": step0 + int(data.get("current_step", 0)),
-                "current_epoch": epoch0 + int(data.get("current_epoch", 0))}
+        step = step0 + staged_step
+        data = {"current_step": step,
+                "current_epoch": step // spe if spe else epoch0 + int(data.get("current_epoch", 0))}
+        if schedule_steps:
+            data[SCHEDULE_KEY] = schedule_steps
         data_file.write_text(json.dumps(data))
         target = trial.root / state_dirname(new)
-        if target.exists():
+        if target.exists():  # the old final's state went with it (retire_final): this is a leftover
             shutil.rmtree(target)
         os.replace(state, target)
     return moved
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,193 @@
+"""The weight change each kind of kohya-format network file asks for, as plain tensor math.
+
+A file holds ``<module>.<part>`` keys. Supported, per module (the formulas WebUI, ComfyUI and LyCORIS
+use; ``s`` is the user's LoRA scale, ``r`` the rank):
+
+- LoRA / LoCon / DyLoRA (``lora_down.weight``, ``lora_up.weight``, ``alpha``, optional
+  ``lora_mid.weight``): dW = s * alpha / r * up @ down (3x3 down / 1x1 up for convs);
+- LoHa (``hada_w1_a/_b``, ``hada_w2_a/_b``, optional ``hada_t1/_t2``):
+  dW = s * alpha / r * (w1a @ w1b) * (w2a @ w2b);
+- LoKr (``lokr_w1`` or ``lokr_w1_a/_b``, ``lokr_w2`` or ``lokr_w2_a/_b``, optional ``lokr_t2``):
+  dW = s * (alpha / r if a side is factorised else 1) * kron(w1, w2);
+- DoRA (any of the above plus ``dora_scale``): W' = (W + dW) * dora_scale / ||W + dW|| per output
+  row (or input column), then blended by ``s`` as ComfyUI does.
+
+Anything else (IA3, full ``diff``, GLoRA, OFT/BOFT, diffusers/peft ``lora_A`` keys) is refused by name:
+a key is either applied or named in the error, never dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from shared.errors import CheckpointError
+
+LORA_PARTS = {"lora_down.weight", "lora_up.weight", "lora_mid.weight"}
+LOHA_PARTS = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"}
+LOKR_PARTS = {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"}
+COMMON_PARTS = {"alpha", "dora_scale"}
+KNOWN_PARTS = LORA_PARTS | LOHA_PARTS | LOKR_PARTS | COMMON_PARTS
+
+# Parts of network kinds we recognise but do not merge: named in the refusal.
+_OTHER_KINDS = {
+    "on_input": "IA3", "diff": "full fine-tune (diff)", "diff_b": "full fine-tune (diff)",
+    "a1.weight": "GLoRA", "a2.weight": "GLoRA", "b1.weight": "GLoRA", "b2.weight": "GLoRA",
+    "oft_blocks": "OFT", "oft_diag": "OFT", "oft_R": "BOFT", "lora_A.weight": "diffusers/peft",
+    "lora_B.weight": "diffusers/peft",
+}
+
+
+@dataclass
+class ModuleAdapter:
+    """One module's tensors from the file, and the kind they make."""
+
+    name: str
+    kind: str  # "lora" | "loha" | "lokr"
+    parts: dict[str, torch.Tensor]
+
+    @property
+    def has_dora(self) -> bool:
+        return "dora_scale" in self.parts
+
+    def alpha(self, rank: int) -> float:
+        a = self.parts.get("alpha")
+        return float(a) if a is not None and float(a) != 0 else float(rank)
+
+    def delta(self, shape: torch.Size) -> torch.Tensor:
+        """dW at scale 1 (float32), shaped like the module's weight."""
+        p = {k: v.float() for k, v in self.parts.items()}
+        if self.kind == "lora":
+            return _lora_delta(p, shape, self.alpha)
+        if self.kind == "loha":
+            return _loha_delta(p, shape, self.alpha)
+        return _lokr_delta(p, shape, self.alpha)
+
+    def merged(self, weight: torch.Tensor, scale: float) -> torch.Tensor:
+        """The new weight (float32) for ``weight`` at user scale ``scale``."""
+        w = weight.float()
+        delta = self.delta(w.shape).to(w.device)
+        if not self.has_dora:
+            return w + scale * delta
+        full = _weight_decompose(w + delta, self.parts["dora_scale"].float().to(w.device))
+        return w + scale * (full - w)
+
+
+def _lora_delta(p: dict[str, torch.Tensor], shape: torch.Size, alpha) -> torch.Tensor:
+    up, down = p["lora_up.weight"], p["lora_down.weight"]
+    rank = down.shape[0]
+    if "lora_mid.weight" in p:  # LoCon with a Tucker core: fold the core into down
+        mid = p["lora_mid.weight"]
+        final = [down.shape[1], down.shape[0], mid.shape[2], mid.shape[3]]
+        down = torch.mm(down.transpose(0, 1).flatten(start_dim=1),
+                        mid.transpose(0, 1).flatten(start_dim=1)).reshape(final).transpose(0, 1)
+    if down.dim() == 4 and down.shape[-2:] != (1, 1):  # conv: k x k down, 1 x 1 up
+        delta = torch.einsum("or,rikl->oikl", up.flatten(1), down)
+    else:
+        delta = up.flatten(1) @ down.flatten(1)
+    return delta.reshape(shape) * (alpha(rank) / rank)
+
+
+def _rebuild_tucker(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("i j k l, j r, i p -> p r k l", t, wb, wa)
+
+
+def _loha_delta(p: dict[str, torch.Tensor], shape: torch.Size, alpha) -> torch.Tensor:
+    w1a, w1b, w2a, w2b = p["hada_w1_a"], p["hada_w1_b"], p["hada_w2_a"], p["hada_w2_b"]
+    rank = w1b.shape[0]
+    if "hada_t1" in p and "hada_t2" in p:
+        m1, m2 = _rebuild_tucker(p["hada_t1"], w1a, w1b), _rebuild_tucker(p["hada_t2"], w2a, w2b)
+    else:
+        m1, m2 = w1a @ w1b, w2a @ w2b
+    return (m1 * m2).reshape(shape) * (alpha(rank) / rank)
+
+
+def _lokr_delta(p: dict[str, torch.Tensor], shape: torch.Size, alpha) -> torch.Tensor:
+    rank = None
+    w1 = p.get("lokr_w1")
+    if w1 is None:
+        rank = p["lokr_w1_b"].shape[0]
+        w1 = p["lokr_w1_a"] @ p["lokr_w1_b"]
+    w2 = p.get("lokr_w2")
+    if w2 is None:
+        rank = p["lokr_w2_b"].shape[0]
+        if "lokr_t2" in p:
+            w2 = _rebuild_tucker(p["lokr_t2"], p["lokr_w2_a"], p["lokr_w2_b"])
+        elif len(shape) == 4:
+            w2 = (p["lokr_w2_a"] @ p["lokr_w2_b"].flatten(1)).reshape(
+                p["lokr_w2_a"].shape[0], -1, *shape[2:])
+        else:
+            w2 = p["lokr_w2_a"] @ p["lokr_w2_b"]
+    if w2.dim() == 4 and w1.dim() == 2:
+        w1 = w1.unsqueeze(2).unsqueeze(2)
+    factor = alpha(rank) / rank if rank is not None else 1.0
+    return torch.kron(w1, w2).reshape(shape) * factor
+
+
+def _weight_decompose(weight: torch.Tensor, dora_scale: torch.Tensor) -> torch.Tensor:
+    """DoRA: rescale each output row (or input column) of ``weight`` to the learnt magnitude."""
+    eps = torch.finfo(weight.dtype).eps
+    if dora_scale.shape[0] == weight.shape[0] and (dora_scale.dim() < 2 or dora_scale.shape[1] == 1):
+        norm = weight.reshape(weight.shape[0], -1).norm(dim=1).reshape(weight.shape[0], *[1] * (weight.dim() - 1))
+    else:
+        norm = (weight.transpose(0, 1).reshape(weight.shape[1], -1).norm(dim=1, keepdim=True)
+                .reshape(weight.shape[1], *[1] * (weight.dim() - 1)).transpose(0, 1))
+    return weight * (dora_scale.reshape(norm.shape) / (norm + eps))
+
+
+def _other_kind(key: str) -> str | None:
+    for suffix, kind in _OTHER_KINDS.items():
+        if key.endswith("." + suffix):
+            return kind
+    return None
+
+
+def network_kind(parts: set[str]) -> str | None:
+    if parts & LOHA_PARTS:
+        return "loha"
+    if parts & LOKR_PARTS:
+        return "lokr"
+    if {"lora_down.weight", "lora_up.weight"} <= parts:
+        return "lora"
+    return None
+
+
+def parse_network(state: Mapping[str, torch.Tensor]) -> dict[str, ModuleAdapter]:
+    """Group a file's keys by module; raise naming every key that cannot be merged."""
+    by_module: dict[str, dict[str, torch.Tensor]] = {}
+    unknown: list[str] = []
+    other_kinds: dict[str, str] = {}
+    for key, tensor in state.items():
+        module, _, part = key.partition(".")
+        if part in KNOWN_PARTS:
+            by_module.setdefault(module, {})[part] = tensor
+        elif (kind := _other_kind(key)) is not None:
+            other_kinds.setdefault(kind, key)
+        else:
+            unknown.append(key)
+    if other_kinds:
+        kinds = ", ".join(f"{k} (e.g. {v})" for k, v in sorted(other_kinds.items()))
+        raise CheckpointError(f"this is a {kinds} network, which the evaluator cannot merge; "
+                              "it scores LoRA, LoCon, DyLoRA, LoHa, LoKr and DoRA files")
+    if unknown:
+        raise CheckpointError(f"{len(unknown)} of {len(state)} keys are not parts of a kohya-format network "
+                              f"(first: {unknown[0]}); nothing was applied")
+    if not by_module:
+        raise CheckpointError("no network weights in this file (no lora_down/hada_/lokr_ keys)")
+    adapters: dict[str, ModuleAdapter] = {}
+    for module, parts in by_module.items():
+        kind = network_kind(set(parts))
+        if kind is None:
+            raise CheckpointError(f"module {module} has only {sorted(parts)}: incomplete network weights")
+        adapters[module] = ModuleAdapter(module, kind, parts)
+    return adapters
+
+
+def describe(adapters: Mapping[str, ModuleAdapter]) -> str:
+    """'LoRA (264 modules)', 'LoHa + DoRA (192 modules)': for logs and metrics.json."""
+    names = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr"}
+    kinds = sorted({names[a.kind] for a in adapters.values()})
+    dora = " + DoRA" if any(a.has_dora for a in adapters.values()) else ""
+    return f"{'/'.join(kinds)}{dora} ({len(adapters)} modules)"
