@@ -195,14 +195,18 @@ class Daemon:
         """How many of ``ready`` still wait to be scored (for the log: the backlog behind the one in hand)."""
         n = 0
         for ckpt in ready:
-            try:
-                fp = self.fingerprints.get(ckpt.path)
-            except FileNotFoundError:
-                continue
-            entry = s.ledger.get(EvalEntry(name=ckpt.stem, fingerprint=fp).key)
-            n += entry is None or entry.status not in ("done", "failed") or (
-                self.opt.force and entry.key not in s.forced)
+            there, entry = self._entry_of(s, ckpt)
+            n += there and (entry is None or entry.status not in ("done", "failed") or (
+                self.opt.force and entry.key not in s.forced))
         return n
+
+    def _entry_of(self, s: _Served, ckpt: CheckpointFile) -> tuple[bool, EvalEntry | None]:
+        """(whether the file is still there, the ledger entry of its version on disk now, if any)."""
+        try:
+            fp = self.fingerprints.get(ckpt.path)
+        except FileNotFoundError:
+            return False, None
+        return True, s.ledger.get(EvalEntry(name=ckpt.stem, fingerprint=fp).key)
 
     def _already_scored(self, s: _Served, ckpt: CheckpointFile, fp) -> bool:
         """Bytes scored before under another name (a continuation renamed the old final): record the
@@ -339,12 +343,8 @@ class Daemon:
             return False
         ready = scan(trial.root, s.source.output_name).ready
         for ckpt in ready:
-            try:
-                fp = self.fingerprints.get(ckpt.path)
-            except FileNotFoundError:
-                continue
-            entry = s.ledger.get(EvalEntry(name=ckpt.stem, fingerprint=fp).key)
-            if entry is None or entry.status not in ("done", "failed"):
+            there, entry = self._entry_of(s, ckpt)
+            if there and (entry is None or entry.status not in ("done", "failed")):
                 return False
         if s.source.has_trainer:
             return True
