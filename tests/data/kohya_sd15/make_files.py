@@ -143,10 +143,38 @@ def train(name: str, tok: Path, data: Path) -> dict:
         return result
     dest.mkdir()
     shutil.copy2(final, dest / final.name)
+    trim(dest / final.name)
     if name in KEEP_EPOCH_FILE:
         shutil.copy2(out / f"{name}-000001.safetensors", dest / f"{name}-000001.safetensors")
+        trim(dest / f"{name}-000001.safetensors")
     log(f"{name}: ok")
     return result
+
+
+# Files kept in the repository stay small: a file over TRIM_ABOVE bytes keeps only the modules of one
+# text-encoder layer and of the UNet's first down block plus conv_in / time_embedding (every kind of layer
+# the networks adapt: linear, 1x1 and 3x3 convs, resnet, sampler). Each kept tensor and the sd-scripts
+# metadata are byte-for-byte what the tool wrote; the file says it was trimmed.
+TRIM_ABOVE = 1_500_000
+KEEP_PREFIXES = ("lora_te_text_model_encoder_layers_0_", "lora_unet_down_blocks_0_", "lora_unet_conv_in",
+                 "lora_unet_time_embedding_")
+
+
+def trim(path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    if path.stat().st_size <= TRIM_ABOVE:
+        return
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata() or {})
+    state = load_file(str(path))
+    kept = {k: v for k, v in state.items() if k.partition(".")[0].startswith(KEEP_PREFIXES)}
+    meta["epochscope_test_trimmed"] = (f"kept {len(kept)} of {len(state)} keys: modules starting with "
+                                       + ", ".join(KEEP_PREFIXES))
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(kept, str(tmp), metadata=meta)
+    os.replace(tmp, path)
 
 
 def describe(path: Path) -> dict:
@@ -215,6 +243,10 @@ batch 1, 2 epochs = 2 optimizer steps, AdamW, constant learning rate 1e-2 (so th
 factors are non-zero), `--mixed_precision no --save_precision fp16 --seed 0`, network dim 2, alpha 1, a file
 every epoch. The weights mean nothing; the key names, shapes, dtypes and metadata are exactly what sd-scripts
 and LyCORIS write. Only the final file of each run is kept, plus the epoch-1 file of `lora_unet_te`.
+To keep the repository small, a file over {TRIM_ABOVE:,} bytes keeps only the modules of text-encoder layer 0,
+the UNet's first down block, `conv_in` and `time_embedding` (every kind of adapted layer: linear, 1×1 and 3×3
+convs, resnet, sampler); the kept tensors and the metadata are unchanged, and the metadata key
+`epochscope_test_trimmed` says what was kept (`make_files.py`, `trim`).
 `manifest.json` lists every file (path, kind, trains_unet, trains_text_encoder, ss_epoch, ss_steps, keys).
 
 `$SD_SCRIPTS_DIR` is the sd-scripts checkout, `$SD_SCRIPTS_PYTHON` its venv's Python;
@@ -268,9 +300,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="+", choices=list(NETWORKS), help="rebuild only these networks")
     ap.add_argument("--docs-only", action="store_true", help="only regenerate manifest.json and README.md")
+    ap.add_argument("--trim-only", action="store_true", help="trim the files here (see TRIM_ABOVE), then the docs")
     args = ap.parse_args()
     results: dict[str, dict] = {}
-    if not args.docs_only:
+    if args.trim_only:
+        for path in sorted(HERE.glob("*/*.safetensors")):
+            trim(path)
+    elif not args.docs_only:
         tok, data = prepare()
         for name in args.only or NETWORKS:
             results[name] = train(name, tok, data)
