@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from evaluator.metrics.weights_file import local_weights_file
 from shared.errors import EpochscopeError
 
 if TYPE_CHECKING:
     import torch
 
-PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl"}
 _PRECISION = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16"}
 
 
@@ -191,12 +191,7 @@ def _resolve(model: str, pretrained: str | None) -> tuple[str, str | None, str]:
                               "an open_clip tag (e.g. 'laion2b_s34b_b79k') or a local .safetensors file")
     path = Path(pretrained).expanduser()
     if path.is_file() or path.suffix or "/" in pretrained or "\\" in pretrained:
-        if path.suffix.lower() in PICKLE_SUFFIXES:
-            raise EpochscopeError(f"evaluation.clip_pretrained {pretrained}: pickle weight files are not loaded "
-                                  "for safety; convert it to .safetensors (safetensors.torch.save_file)")
-        if not path.is_file():
-            raise EpochscopeError(f"evaluation.clip_pretrained {pretrained}: no such file; give an existing "
-                                  ".safetensors file or an open_clip tag")
+        path = local_weights_file("evaluation.clip_pretrained", pretrained, " or an open_clip tag")
         return model, str(path), f"{model}/{path.name}"
     arch = model.replace("/", "-")
     if open_clip.get_model_config(arch) is None:

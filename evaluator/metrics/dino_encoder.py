@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evaluator.metrics.clip_encoder import PICKLE_SUFFIXES, _center_crop_or_pad, _first_sentence
+from evaluator.metrics.clip_encoder import _center_crop_or_pad, _first_sentence
+from evaluator.metrics.weights_file import local_weights_file
 from shared.errors import EpochscopeError
 
 if TYPE_CHECKING:
@@ -124,13 +125,7 @@ def _create(model: str, pretrained: str | None) -> tuple[Any, str, int]:
     if not pretrained:
         raise EpochscopeError(f"evaluation.dino_pretrained: DINO model {model!r} needs a local .safetensors "
                               "weights file, or name it as 'hf-hub:timm/...' to use the Hugging Face cache")
-    path = Path(pretrained).expanduser()
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise EpochscopeError(f"evaluation.dino_pretrained {pretrained}: pickle weight files are not loaded for "
-                              "safety; convert it to .safetensors (safetensors.torch.save_file)")
-    if not path.is_file():
-        raise EpochscopeError(f"evaluation.dino_pretrained {pretrained}: no such file; give an existing "
-                              ".safetensors file")
+    path = local_weights_file("evaluation.dino_pretrained", pretrained)
     arch = model.split(".")[0] if model not in timm.list_models() else model
     if not timm.is_model(arch):
         raise EpochscopeError(f"evaluation.dino_model: {model!r} is not a timm architecture (e.g. "
