@@ -18,7 +18,7 @@ def install() -> bool:
     """Make ``tensorboard``'s record writer use the C CRC (it looks ``crc32c`` up in its stub module at
     each call). False when tensorboard has no such stub (a TensorFlow install checksums in C already)."""
     try:
-        import google_crc32c  # noqa: F401
+        import google_crc32c  # noqa: F401 - present, or keep tensorboard's own CRC
         from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
     except ImportError:
         return False

@@ -8,10 +8,9 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from evaluator.lora_networks import parse_network
 from evaluator.lora_swap import LoraSwapper

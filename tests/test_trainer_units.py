@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import torch
 
 from trainer.backends.base import CheckpointSaved, EpochStarted, Progress, ResumePoint, Totals
 from trainer.backends.builtin import BuiltinBackend

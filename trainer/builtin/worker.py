@@ -13,7 +13,7 @@ import math
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import timezone
 from pathlib import Path
 
 from shared.errors import EpochscopeError
