@@ -30,6 +30,7 @@ test-fast: setup demo-assets
 bench: setup demo-assets
 	$(PY) bench/bench_trainer.py
 	$(PY) bench/bench_evaluator.py
+	$(PY) bench/bench_acceleration.py
 
 clean:
 	rm -rf .cache runs sweeps test-artifacts .pytest_cache

@@ -13,14 +13,20 @@
 # its current checkpoint; a second Ctrl-C stops both at once. Nothing is left running.
 # Exit status: the trainer's (or the sweep's), or the evaluator's if that succeeded and the evaluator
 # failed by itself (one we asked to stop is no failure). Interrupted: 130.
+# On a terminal, the trainer's progress is one live line at the bottom, redrawn in place, with every
+# other line printed whole above it (EPOCHSCOPE_LIVE_STATUS=0: plain lines every few seconds instead).
 set -u
 # From the first instruction: a signal is remembered (and forwarded once something runs), never lost.
 TRAIN_PID=""; EVAL_PID=""; interrupted=0
 train_ready=0   # 1 once the trainer handles SIGINT (its status names its pid); until then a signal waits
+LIVE_FD=""; LIVE_PID=""   # the live renderer's input and pid, once started (a terminal only)
+say() {  # a line of our own: through the live renderer when there is one, so it never cuts the status line
+  if [ -n "$LIVE_FD" ]; then echo "$*" >&"$LIVE_FD"; else echo "$*"; fi
+}
 forward() {  # Ctrl-C / SIGTERM / hang-up: ask both process groups to stop (a second time: at once)
   interrupted=$((interrupted + 1))
   [ "$interrupted" -eq 1 ] && [ -n "$TRAIN_PID$EVAL_PID" ] &&
-    echo "run_pair: stopping (the trainer stops at a resumable point; Ctrl-C again to stop at once)"
+    say "run_pair: stopping (the trainer stops at a resumable point; Ctrl-C again to stop at once)"
   [ "$train_ready" -eq 0 ] || [ -z "$TRAIN_PID" ] || kill -INT -- "-$TRAIN_PID" 2>/dev/null
   [ -z "$EVAL_PID" ] || kill -INT -- "-$EVAL_PID" 2>/dev/null
 }
@@ -149,10 +155,17 @@ bail_if_interrupted
 
 start() {  # start TAG CUDA_DEVICES CMD...: the command in its own session, output prefixed with [TAG]
   local tag=$1 devices=$2; shift 2
-  # The prefixer ignores Ctrl-C so the last lines of a stopping process still get through.
-  exec {fd}> >(trap '' INT TERM HUP; exec sed -u "s/^/[$tag] /")
-  PREFIXERS+=("$!")
-  CUDA_VISIBLE_DEVICES=$devices setsid "$@" >&"$fd" 2>&1 &
+  # The prefixer ignores Ctrl-C so the last lines of a stopping process still get through. On a terminal
+  # both prefixers feed the one live renderer (lines of up to 4 KiB reach a pipe whole, never interleaved).
+  if [ -n "$LIVE_FD" ]; then
+    exec {fd}> >(trap '' INT TERM HUP; exec sed -u "s/^/[$tag] /" >&"$LIVE_FD")
+    PREFIXERS+=("$!")
+    CUDA_VISIBLE_DEVICES=$devices setsid "$@" >&"$fd" 2>&1 {LIVE_FD}>&- &
+  else
+    exec {fd}> >(trap '' INT TERM HUP; exec sed -u "s/^/[$tag] /")
+    PREFIXERS+=("$!")
+    CUDA_VISIBLE_DEVICES=$devices setsid "$@" >&"$fd" 2>&1 &
+  fi
   STARTED=$!
   exec {fd}>&-
   # Until setsid has run there is no group to signal: a Ctrl-C forwarded then would be lost.
@@ -174,17 +187,25 @@ stop_after() {  # stop_after PID SECS NOTE: give a process SECS to exit by itsel
   # EVAL_KILL_GRACE more seconds. NOTE says why; the file $ASKED_TO_STOP records that we asked.
   local pid=$1 secs=$2 note=$3
   for _ in $(seq $((secs * 10))); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  [ -z "$note" ] || echo "run_pair: $note"
+  [ -z "$note" ] || say "run_pair: $note"
   : > "$ASKED_TO_STOP"
   kill -INT -- "-$pid" 2>/dev/null
   for _ in $(seq $(( ${EVAL_KILL_GRACE:-120} * 10 ))); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  echo "run_pair: the evaluator did not stop within ${EVAL_KILL_GRACE:-120} s of being asked: killing it"
+  say "run_pair: the evaluator did not stop within ${EVAL_KILL_GRACE:-120} s of being asked: killing it"
   kill -KILL -- "-$pid" 2>/dev/null
 }
 ASKED_TO_STOP=$(mktemp "${TMPDIR:-/tmp}/run_pair.XXXXXX"); rm -f "$ASKED_TO_STOP"
 
 PREFIXERS=()
 mkdir -p "$TARGET"
+if [ "$sweep" = 0 ] && [ -t 1 ] && [ "${EPOCHSCOPE_LIVE_STATUS:-1}" != 0 ]; then
+  # One renderer owns the terminal: the trainer's status on the bottom line, every other line above it.
+  exec {LIVE_FD}> >(trap '' INT TERM HUP; exec "$PY" -m trainer.reporting --live)
+  LIVE_PID=$!
+  export EPOCHSCOPE_LIVE_STATUS=1
+else
+  export EPOCHSCOPE_LIVE_STATUS=0
+fi
 start "$train_tag" "$train_gpus" "${train_cmd[@]}"; TRAIN_PID=$STARTED
 train_rc=""
 if [ "$sweep" = 0 ]; then
@@ -218,9 +239,11 @@ if [ -n "$EVAL_PID" ]; then
   # An evaluator we asked to stop reports that (130): that is no failure of the pair.
   if [ -e "$ASKED_TO_STOP" ] && [ "$eval_rc" -eq 130 ]; then eval_rc=0; fi
 fi
+# The renderer ends once every writer has closed its input: ours first (`wait` below waits for it too).
+if [ -n "$LIVE_FD" ]; then exec {LIVE_FD}>&-; LIVE_FD=""; fi
 wait 2>/dev/null   # the grace timer
 rm -f "$ASKED_TO_STOP"
-for pid in "${PREFIXERS[@]}"; do   # let the prefixers print the last lines before the table
+for pid in "${PREFIXERS[@]}" ${LIVE_PID:+"$LIVE_PID"}; do   # let them print the last lines before the table
   for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 done
 

@@ -10,6 +10,9 @@
    completion times (its latency is the wait until its next tick).
 3. A fresh process per checkpoint (`python -m evaluator run` for each new file: loads the pipeline and
    CLIP every time).
+4. The trainer's steps/s alone, and with an evaluator watching its folder on the same device, in
+   ``concurrent`` and ``pause-trainer`` mode (the pause applies only when both share a GPU; on the CPU
+   the two modes are the same run twice, which shows the noise).
 
   python bench/bench_evaluator.py [--checkpoints 4]       # the CPU demo model, 8 samples x 25 steps, 64 px
   python bench/bench_evaluator.py --sd15                  # SD-1.5 architecture, random weights, 512 px
@@ -65,10 +68,10 @@ def random_vit_b32(dest: Path) -> Path:
     return dest
 
 
-def write_config(tmp: Path, args) -> Path:
+def write_config(tmp: Path, args, name: str = "c", out: str = "src", epochs: int | None = None) -> Path:
     from conftest import write_demo_config
 
-    cfg = write_demo_config(tmp / "c.toml", tmp / "src", epochs=args.checkpoints, samples=args.samples,
+    cfg = write_demo_config(tmp / f"{name}.toml", tmp / out, epochs=epochs or args.checkpoints, samples=args.samples,
                             steps=args.steps)
     if not args.sd15:
         return cfg
@@ -85,6 +88,37 @@ def write_config(tmp: Path, args) -> Path:
         text = text.replace("seed = 42", 'seed = 42\nmixed_precision = "bf16"\ndevice = "cuda"')
     cfg.write_text(text)
     return cfg
+
+
+def trainer_rate(cfg: Path, device: str, sharing: str | None) -> tuple[float, int]:
+    """The trainer's steps/s over a run (from its own progress events, warm-up steps left out), alone
+    (``sharing=None``) or with `evaluator watch` on its folder in that gpu_sharing mode."""
+    import json
+
+    from shared.config import load_config
+
+    folder = Path(load_config(cfg).output.dir)
+    ev = None
+    if sharing is not None:  # started first, as run_pair.sh does: it loads its models while the trainer starts
+        folder.mkdir(parents=True, exist_ok=True)
+        ev = subprocess.Popen([sys.executable, "-m", "evaluator", "watch", "--dir", str(folder), "--device", device,
+                               "--gpu-sharing", sharing, "--exit-when-done", "--rescan-interval", "1"],
+                              cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        subprocess.run([sys.executable, "-m", "trainer", "run", "--config", str(cfg), "--new"], cwd=REPO, env=ENV,
+                       check=True, capture_output=True)
+    finally:
+        if ev is not None:
+            try:
+                ev.wait(timeout=600)
+            except subprocess.TimeoutExpired:
+                ev.terminate()
+                ev.wait(timeout=60)
+    log = (folder / "training.log").read_text().splitlines()
+    events = [json.loads(x.split(" ", 1)[1]) for x in log if x.startswith("@@epochscope ")]
+    prog = [e for e in events if e["event"] == "progress"]
+    first, last = prog[min(2, len(prog) - 2)], prog[-1]  # skip warm-up steps
+    return (last["step"] - first["step"]) / (last["elapsed"] - first["elapsed"]), last["step"]
 
 
 def plain_generation(cfg: Path, device: str):
@@ -127,6 +161,7 @@ def main() -> int:
     ap.add_argument("--sd15", action="store_true", help="SD-1.5 architecture with random weights")
     ap.add_argument("--resolution", type=int, default=None, help="with --sd15 (default 512)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--train-epochs", type=int, default=8, help="epochs of each trainer steps/s run (0: skip them)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
     args.resolution = args.resolution or (512 if args.sd15 else 64)
@@ -228,6 +263,20 @@ def main() -> int:
           f"the daemon (each: {', '.join(f'{x:.2f}' for x in process_each)})")
     print(f"detection latency: daemon median {med(latency) * 1000:.0f} ms (max {max(latency) * 1000:.0f} ms); "
           f"30 s polling loop median {med(polled):.1f} s")
+    if args.train_epochs:
+        from evaluator.pipeline import pick_device
+
+        device = pick_device(args.device)
+        rates = {}
+        for label, sharing in (("alone", None), ("with the evaluator, concurrent", "concurrent"),
+                               ("with the evaluator, pause-trainer", "pause-trainer")):
+            c = write_config(tmp, args, name=f"train-{sharing or 'alone'}", out=f"train-{sharing or 'alone'}",
+                             epochs=args.train_epochs)
+            rates[label], steps = trainer_rate(c, device, sharing)
+        alone = rates["alone"]
+        print(f"trainer steps/s ({steps} steps, evaluator on {device}): "
+              + "; ".join(f"{k} {v:.2f} ({v / alone:.2f}x)" for k, v in rates.items())
+              + ("" if device.startswith("cuda") else " [on the CPU the pause does not apply: both modes share]"))
     if args.keep:
         print(f"kept {tmp} (daemon log: {log_path})")
     else:

@@ -4,6 +4,13 @@ Each cycle asks discovery (what) for the served trials and their complete checkp
 ledger (exactly once per file version), and hands each new version to scoring (how). One version's
 failure, of any kind, is recorded against that version and the loop goes on; a version that was being
 scored when the process died is retried a bounded number of times, then quarantined.
+
+Only generation and metrics are on the path from one checkpoint to the next. A version's files (samples,
+metrics.json, summary, TensorBoard) are written by a background writer, one job per version in the order
+they were scored, and the version's ledger entry becomes ``done`` when its last file is written; the
+report is redrawn after that, coalesced. What must be decided at once (the log line, early stop, which
+checkpoint came before) uses the in-memory results of versions still being written. The writer is drained
+before the daemon exits, however it exits.
 """
 
 from __future__ import annotations
@@ -16,18 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluator import summary as summaries
+from evaluator.acceleration import compile_stats
+from evaluator.background_writer import BackgroundWriter, Job
 from evaluator.discovery import Discovery, Scan, Source, problem_word, scan
 from evaluator.ledger import BASELINE_KEY, FingerprintCache, Ledger, TrialLock, lock_error
 from evaluator.metrics import SCORE_RULE
 from evaluator.metrics.evidence import startup_warnings
 from evaluator.pipeline import pick_device
-from evaluator.scoring import Models, TrialContext, score
+from evaluator.scoring import Models, Scored, TrialContext, score, write_outputs
 from evaluator.settings import Overrides, settings_for
 from evaluator.tensorboard_log import close_writers
 from shared.errors import EpochscopeError, FileFormatError
 from shared.jsonio import read_model_or_none, write_model
 from shared.liveness import trainer_done
-from shared.records import EvalEntry, StopRequest, TrainerStatus
+from shared.records import EvalEntry, EvaluationSummary, StopRequest, TrainerStatus
 from shared.trial import BASELINE, CheckpointFile, Trial
 
 log = logging.getLogger("epochscope.evaluator")
@@ -35,8 +44,8 @@ log = logging.getLogger("epochscope.evaluator")
 
 @dataclass
 class Options:
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str | None = None  # None: the first served trial's evaluation.device
+    dtype: str | None = None  # None: each trial's evaluation.dtype
     exit_when_done: bool = False
     polling: bool = False
     rescan_interval: float = 5.0
@@ -50,6 +59,23 @@ class Options:
     config_path: Path | None = None  # --config: what to evaluate folders without params.json with
     name: str | None = None  # --name: only this output name's files
     overrides: Overrides = Overrides()
+    write_queue: int = 2  # scored versions whose files may wait to be written (each holds its images)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A version handed to the background writer and not yet finished: its summary change, applied to
+    what is on disk when the daemon decides something now."""
+
+    results_dir: str | None
+    scored: Scored | None = None
+    failure: tuple[str, str] | None = None  # (name, reason)
+
+    def apply(self, summary: EvaluationSummary) -> None:
+        if self.scored is not None:
+            summaries.apply_result(summary, self.scored.result, self.scored.baseline, self.results_dir)
+        elif self.failure is not None:
+            summaries.apply_failure(summary, *self.failure)
 
 
 @dataclass
@@ -66,13 +92,33 @@ class _Served:
     reported: set[Path] = field(default_factory=set)  # pickles and foreign files already logged
     forced: set[str] = field(default_factory=set)
     last_new: float = field(default_factory=time.monotonic)  # when a new version was last seen
+    pending: dict[str, _Pending] = field(default_factory=dict)  # ledger key -> handed to the writer, not finished
+    pending_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def in_flight(self, key: str) -> bool:
+        with self.pending_lock:
+            return key in self.pending
+
+    def writing(self, results_dir: str) -> bool:
+        """Whether the files of the version in ``results_dir`` are still being written."""
+        with self.pending_lock:
+            return any(p.results_dir == results_dir for p in self.pending.values())
+
+    def summary_now(self) -> EvaluationSummary:
+        """The summary as it will be once the writer has finished: the file, plus the versions in flight."""
+        with self.pending_lock:
+            items = list(self.pending.values())  # taken before the file is read: applying one twice is harmless
+        summary = summaries.load_summary(self.trial)
+        for item in items:
+            item.apply(summary)
+        return summary
 
 
 class Daemon:
     def __init__(self, root: Path, options: Options) -> None:
         self.root = Path(root)
         self.opt = options
-        self.device = pick_device(options.device)
+        self.device: str | None = pick_device(options.device) if options.device else None
         self.discovery = Discovery(self.root, options.config_path, options.name)
         self.models: Models | None = None
         self.served: dict[Path, _Served] = {}
@@ -84,6 +130,8 @@ class Daemon:
         self._signals = 0
         self.scored = 0
         self._all_final_since: float | None = None
+        self.writer = BackgroundWriter(self._draw_report, maxsize=max(1, options.write_queue),
+                                       after_job=self.wake.set)
 
     def mode(self) -> str | None:
         return self.discovery.mode()
@@ -132,6 +180,8 @@ class Daemon:
             summaries.record_failure(trial, e.name, f"{e.file or e.name}: {e.error}", SCORE_RULE)
         served = _Served(trial, source, lock, ledger, TrialContext(trial, settings))
         self.served[trial.root] = served
+        if trial.evaluation_summary_path.exists():  # a killed evaluator may have left the report behind
+            self._redraw(served)
         log.info("serving %s (%d samples per checkpoint, %d references%s)", trial.root,
                  len(settings.generation.samples), len(settings.references),
                  "" if source.output_name else ", every *.safetensors is a checkpoint")
@@ -144,7 +194,12 @@ class Daemon:
         if self.models is None or self.models.key != key:
             if self.models is not None:
                 log.info("trial %s uses another base model: reloading", served.trial.name)
-            self.models = Models.load(served.ctx.settings, self.device, self.opt.dtype)
+            settings = served.ctx.settings
+            if self.device is None:  # no --device: the first trial's evaluation.device, for the daemon's life
+                self.device = pick_device(settings.device)
+            # evaluation.compile: the first trial's config decides, for the daemon's life (one compile).
+            compile = self.models.acceleration.compiled if self.models is not None else settings.compile
+            self.models = Models.load(settings, self.device, self.opt.dtype or settings.dtype, compile=compile)
         return self.models
 
     # ------------------------------------------------------------------ one pass
@@ -163,7 +218,8 @@ class Daemon:
     def _cycle_trial(self, s: _Served) -> int:
         ran = 0
         base_entry = s.ledger.ensure(BASELINE, None, None, key=BASELINE_KEY)
-        if base_entry.status != "done" or (self.opt.force and BASELINE_KEY not in s.forced):
+        if (base_entry.status != "done" and not s.in_flight(BASELINE_KEY)) or (
+                self.opt.force and BASELINE_KEY not in s.forced):
             s.forced.add(BASELINE_KEY)
             self._run(s, base_entry, None, self._waiting(s, scan(s.trial.root, s.source.output_name).ready))
             ran += 1
@@ -176,6 +232,8 @@ class Daemon:
             except FileNotFoundError:
                 continue
             entry = s.ledger.get(EvalEntry(name=ckpt.stem, fingerprint=fp).key)
+            if entry is not None and s.in_flight(entry.key):
+                continue  # scored; its files are being written
             if entry is None:
                 s.last_new = time.monotonic()
                 if not self.opt.force and self._already_scored(s, ckpt, fp):
@@ -196,8 +254,8 @@ class Daemon:
         n = 0
         for ckpt in ready:
             there, entry = self._entry_of(s, ckpt)
-            n += there and (entry is None or entry.status not in ("done", "failed") or (
-                self.opt.force and entry.key not in s.forced))
+            n += there and (entry is None or (entry.status not in ("done", "failed") and not s.in_flight(entry.key))
+                            or (self.opt.force and entry.key not in s.forced))
         return n
 
     def _entry_of(self, s: _Served, ckpt: CheckpointFile) -> tuple[bool, EvalEntry | None]:
@@ -221,8 +279,9 @@ class Daemon:
         return True
 
     def _previous(self, s: _Served, name: str, step: int | None, epoch: int | None) -> str | None:
-        """The results folder of the checkpoint just before this one in training order, among those scored."""
-        ordered = [e for e in summaries.load_summary(s.trial).ordered() if e.checkpoint != name]
+        """The results folder of the checkpoint just before this one in training order, among those scored
+        (including those whose files are still being written)."""
+        ordered = [e for e in s.summary_now().ordered() if e.checkpoint != name]
         before = [e for e in ordered if e.step is not None and step is not None and (e.step, e.epoch or 0) < (step, epoch or 0)]
         return (before[-1].results_dir or before[-1].checkpoint) if before else None
 
@@ -269,9 +328,9 @@ class Daemon:
         return found.ready
 
     def _run(self, s: _Served, entry: EvalEntry, ckpt: CheckpointFile | None, waiting: int = 0) -> None:
-        """Score one version. Whatever goes wrong is that version's failure, recorded with its file name;
-        only a signal (KeyboardInterrupt) or the process dying stops the loop. ``waiting``: how many
-        checkpoints wait behind this one (logged)."""
+        """Score one version and hand its files to the background writer. Whatever goes wrong is that
+        version's failure, recorded with its file name; only a signal (KeyboardInterrupt) or the process
+        dying stops the loop. ``waiting``: how many checkpoints wait behind this one (logged)."""
         models = self._models_for(s)
         s.ledger.start(entry)
         path = ckpt.path if ckpt else None
@@ -280,9 +339,11 @@ class Daemon:
         log.info("%s: scoring %s (%d more waiting)", s.trial.name, what, waiting)
         try:
             previous = self._previous(s, entry.name, step, epoch) if ckpt else None
+            if previous is not None and previous not in s.ctx.samples_cache and s.writing(previous):
+                self.writer.drain()  # its samples are read back from its files: let them be written first
             result = score(models, s.ctx, entry.name, path, entry.fingerprint, epoch, step, previous)
         except FileNotFoundError as e:
-            s.ledger.finish(entry, error=f"{what} disappeared while being scored: {e}")
+            self._finish(s, entry, f"{what} disappeared while being scored: {e}", summary=False)
             log.warning("%s: %s disappeared while being scored", s.trial.name, what)
             return
         except (EpochscopeError, FileFormatError) as e:
@@ -292,24 +353,86 @@ class Daemon:
             log.debug("scoring %s failed", what, exc_info=True)
             self._failed(s, entry, f"{what}: {type(e).__name__}: {e}")
             return
-        s.ledger.finish(entry)
-        self.scored += 1
         m = result.metrics
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
         log.info("%s %s epoch %s step %s: score %s clip_t %s clip_i %s colour %s failures %s (%.1f s)",
                  s.trial.name, entry.name, epoch if epoch is not None else "-", step if step is not None else "-",
                  fmt(m.score), fmt(m.clip_t), fmt(m.clip_i), fmt(m.color_swd_lab), fmt(m.failure_rate),
                  result.timings.get("total", 0.0))
+        if models.acceleration.compiled:
+            log.info("%s: compiled UNet after %s: %s", s.trial.name, entry.name, compile_stats())
+        self._write(s, entry, result, what)
         self._after_evaluation(s)
 
+    def _write(self, s: _Served, entry: EvalEntry, scored: Scored, what: str) -> None:
+        """Hand a scored version's files to the background writer; its entry is done once they are written.
+        A failing write is that version's failure, naming the file."""
+        key = entry.key
+
+        def run() -> None:
+            write_outputs(scored)
+            s.ledger.finish(entry)
+            self.scored += 1
+            self._finished(s, key)
+
+        def on_error(e: BaseException) -> None:
+            reason = f"{what}: {e}" if isinstance(e, EpochscopeError) else f"{what}: {type(e).__name__}: {e}"
+            log.error("%s: %s failed: %s", s.trial.name, entry.name, reason)
+            try:
+                summaries.record_failure(s.trial, entry.name, reason, SCORE_RULE)
+            finally:
+                s.ledger.finish(entry, error=reason)
+                self._finished(s, key)
+
+        with s.pending_lock:
+            s.pending[key] = _Pending(scored.folder.name, scored=scored)
+        s.ledger.scored(entry)
+        self.writer.submit(Job(f"{s.trial.name} {entry.name}", run, on_error))
+
+    def _finished(self, s: _Served, key: str) -> None:
+        """On the writer: a version's files are all written (or its failure recorded); redraw the report."""
+        with s.pending_lock:
+            s.pending.pop(key, None)
+        self._redraw(s)
+
+    def _finish(self, s: _Served, entry: EvalEntry, error: str | None, summary: bool = True) -> None:
+        """Record a version's end through the writer, after the versions before it (same order on disk)."""
+        key = entry.key
+
+        def run() -> None:
+            try:
+                if summary and error is not None:
+                    summaries.record_failure(s.trial, entry.name, error, SCORE_RULE)
+            finally:
+                s.ledger.finish(entry, error=error)
+                self._finished(s, key)
+
+        def on_error(e: BaseException) -> None:
+            log.error("%s: could not record the end of %s: %s", s.trial.name, entry.name, e)
+
+        with s.pending_lock:
+            s.pending[key] = _Pending(None, failure=(entry.name, error) if summary and error else None)
+        s.ledger.scored(entry)
+        self.writer.submit(Job(f"{s.trial.name} {entry.name}", run, on_error))
+
     def _failed(self, s: _Served, entry: EvalEntry, reason: str) -> None:
-        s.ledger.finish(entry, error=reason)
-        summaries.record_failure(s.trial, entry.name, reason, SCORE_RULE)
         log.error("%s: %s failed: %s", s.trial.name, entry.name, reason)
-        _write_report(s.trial, self.mode() == "root", self.root)
+        self._finish(s, entry, reason)
+
+    def _redraw(self, s: _Served) -> None:
+        self.writer.redraw(s.trial.root)
+        if self.mode() == "root":
+            self.writer.redraw(_SWEEP)
+
+    def _draw_report(self, key) -> None:
+        """On the writer, coalesced: one trial's report.html, or (``_SWEEP``) the sweep root's index.html."""
+        if key == _SWEEP:
+            _write_report(None, True, self.root)
+        elif key in self.served:
+            _write_report(self.served[key].trial, False, self.root)
 
     def _after_evaluation(self, s: _Served) -> None:
-        _write_report(s.trial, self.mode() == "root", self.root)
+        """Early stop, decided at once from the in-memory results (the files may still be being written)."""
         st = s.ctx.settings
         if not s.source.has_trainer or not st.early_stop_enabled or s.ctx.stop_requested \
                 or s.trial.stop_request_path.exists():
@@ -317,7 +440,7 @@ class Daemon:
         status = _status(s.trial)
         if status is not None and status.is_final:
             return
-        summary = summaries.load_summary(s.trial)
+        summary = s.summary_now()
         decision = summaries.early_stop([(e.checkpoint, e.metrics.score) for e in summary.ordered()],
                                         st.patience, st.min_delta, st.min_checkpoints)
         if decision.stop:
@@ -339,7 +462,7 @@ class Daemon:
             # final, or dead (pid gone / heartbeat stale); only this run's status counts
             if not trainer_done(_status(trial)):
                 return False
-        if s.incomplete:
+        if s.incomplete or s.pending:
             return False
         ready = scan(trial.root, s.source.output_name).ready
         for ckpt in ready:
@@ -386,7 +509,7 @@ class Daemon:
         old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         observer = None if self.opt.once else start_observer(self.root, self.wake, self.opt.polling)
         try:
-            log.info("evaluator watching %s on %s", self.root, self.device)
+            log.info("evaluator watching %s on %s", self.root, self.device or "the device its config names")
             while not self.stopping:
                 self.cycle()
                 if self.opt.once:
@@ -404,14 +527,19 @@ class Daemon:
             log.info("stopped by signal; state is saved, a restart continues where this left off")
             return 130
         finally:
-            for sig, h in old.items():
-                signal.signal(sig, h)
-            if observer is not None:
-                observer.stop()
-                observer.join(timeout=5)
-            close_writers()
-            for s in self.served.values():
-                s.lock.release()
+            try:
+                if self.writer.pending():
+                    log.info("writing the files of %d scored checkpoint(s) before exiting", self.writer.pending())
+                self.writer.close()  # a second Ctrl-C interrupts this: unfinished versions are scored again
+            finally:
+                for sig, h in old.items():
+                    signal.signal(sig, h)
+                if observer is not None:
+                    observer.stop()
+                    observer.join(timeout=5)
+                close_writers()
+                for s in self.served.values():
+                    s.lock.release()
 
 
 def _status(trial: Trial) -> TrainerStatus | None:
@@ -434,15 +562,20 @@ def _remove_leftover_temp_files(trial: Trial) -> int:
     return removed
 
 
-def _write_report(trial: Trial, sweep: bool, root: Path) -> None:
-    """Refresh the HTML report; a report problem is logged and never stops scoring."""
+_SWEEP = "sweep index"  # the background writer's report key for a sweep root's index.html
+
+
+def _write_report(trial: Trial | None, sweep: bool, root: Path) -> None:
+    """Refresh the HTML report (``trial``'s, and with ``sweep`` the root's index); a report problem is
+    logged and never stops scoring."""
     try:
         from evaluator.report import write_sweep_index, write_trial_report
     except ImportError:
         return
     try:
-        write_trial_report(trial)
+        if trial is not None:
+            write_trial_report(trial)
         if sweep:
             write_sweep_index(root)
     except Exception as e:  # noqa: BLE001
-        log.warning("%s: could not write the report: %s", trial.name, e)
+        log.warning("%s: could not write the report: %s", trial.name if trial else root, e)

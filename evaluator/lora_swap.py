@@ -3,8 +3,9 @@
 Merged weights run at plain-layer speed (no adapter layers left in the forward pass), and restoring
 copies back the saved originals of the touched layers only, so the base is bit-exact again. Keys are
 matched to modules through the kohya naming table in ``shared.kohya_names`` (never through today's
-module tree), and every key of a file is either applied or named in the error: a LoRA for another
-architecture, or with shapes that do not fit, is refused as a whole before any weight changes.
+module tree), and every key of a file is either applied or named in the error: a LoRA for the other
+family (an SDXL file on an SD 1.x base, or the reverse), for another architecture, or with shapes that
+do not fit, is refused as a whole before any weight changes.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from pathlib import Path
 import torch
 
 from evaluator.lora_networks import ModuleAdapter, describe, parse_network
+from shared.config import Family
 from shared.errors import CheckpointError
-from shared.kohya_names import KohyaTable
+from shared.kohya_names import KohyaTable, is_sdxl_unet
+from shared.model_family import FAMILY_NAMES, family_of_lora
 
+# Names of architectures neither table covers (SD 1.x and SDXL files are told apart by family_of_lora).
 _OTHER_ARCH_HINTS = (
-    ("lora_te1_", "SDXL (two text encoders)"),
-    ("lora_te2_", "SDXL (two text encoders)"),
-    ("lora_unet_input_blocks_", "SDXL (original-layout UNet names)"),
     ("lora_unet_double_blocks_", "FLUX"),
     ("lora_unet_joint_blocks_", "SD3"),
     ("lora_transformer_", "a transformer model (SD3/FLUX)"),
@@ -39,23 +40,52 @@ def load_lora_file(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: cannot read LoRA tensors: {e}") from None
 
 
+def _metadata(path: Path) -> dict[str, str]:
+    from shared.safetensors_info import inspect
+
+    return inspect(path).metadata
+
+
 def _architecture_hint(names: list[str]) -> str:
     for prefix, arch in _OTHER_ARCH_HINTS:
         if any(n.startswith(prefix) for n in names):
             return f"; its names look like {arch}"
-    return "; was it trained for another architecture (SDXL, SD2)?"
+    return "; was it trained for another architecture (SD 2.x, SD3, FLUX)?"
+
+
+def _article(family: Family) -> str:
+    return f"an {FAMILY_NAMES[family]}"  # "an SD 1.x", "an SDXL"
 
 
 class LoraSwapper:
-    """Applies one network file at a time to a pipeline's UNet and text encoder."""
+    """Applies one network file at a time to a pipeline's UNet and text encoder(s): SD 1.x, or SDXL when
+    the UNet is size-conditioned or ``text_encoder_2`` is given."""
 
-    def __init__(self, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> None:
-        self.table = KohyaTable.for_models(unet, text_encoder)
-        self.modules = self.table.resolve({"unet": unet, "text_encoder": text_encoder})
+    def __init__(self, unet: torch.nn.Module, text_encoder: torch.nn.Module | None,
+                 text_encoder_2: torch.nn.Module | None = None) -> None:
+        self.table = KohyaTable.for_models(unet, text_encoder, text_encoder_2)
+        self.family: Family = "sdxl" if is_sdxl_unet(dict(unet.config)) or text_encoder_2 is not None else "sd1"
+        self.modules = self.table.resolve({"unet": unet, "text_encoder": text_encoder,
+                                           "text_encoder_2": text_encoder_2})
         self.last_description = ""
 
-    def plan(self, state: dict[str, torch.Tensor]) -> list[tuple[str, torch.nn.Module, ModuleAdapter]]:
-        """Every module of the file with the layer it changes; raises before anything is changed."""
+    @classmethod
+    def for_pipeline(cls, pipe) -> "LoraSwapper":
+        """The swapper of a loaded ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``."""
+        return cls(pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
+
+    def plan(self, state: dict[str, torch.Tensor],
+             metadata: dict[str, str] | None = None) -> list[tuple[str, torch.nn.Module, ModuleAdapter]]:
+        """Every module of the file with the layer it changes; raises before anything is changed: for a
+        file of the other family (told by ``family_of_lora`` from its names, else its metadata), naming
+        both, and for names or shapes that fit no layer."""
+        file_family = family_of_lora(state, metadata)
+        if file_family is not None and file_family != self.family:
+            told = "module names" if family_of_lora(state) else "metadata (ss_base_model_version / modelspec)"
+            raise CheckpointError(f"{_article(file_family)} LoRA on {_article(self.family)} base: its {told} say "
+                                  f"it was trained for {FAMILY_NAMES[file_family]}, and model.base is "
+                                  f"{_article(self.family)} model; nothing was applied (score it with "
+                                  f"{_article(file_family)} base)")
         adapters = parse_network(state)
         unmatched = sorted(n for n in adapters if n not in self.modules)
         if unmatched:
@@ -67,7 +97,7 @@ class LoraSwapper:
     @contextmanager
     def applied(self, path: Path, scale: float = 1.0):
         """Merge the network in ``path``; on exit (even after an error) restore the exact base weights."""
-        plan = self.plan(load_lora_file(path))
+        plan = self.plan(load_lora_file(path), _metadata(path))
         saved: list[tuple[torch.nn.Module, torch.Tensor]] = []
         try:
             with torch.no_grad():

@@ -1,6 +1,7 @@
-"""Score one checkpoint (or the baseline): swap the LoRA in, generate with fixed seeds, measure,
-and write samples, metrics.json, the summary and TensorBoard. Plain functions of their inputs, so
-they are tested without the watcher."""
+"""Score one checkpoint (or the baseline): swap the LoRA in, generate with fixed seeds and measure
+(``score``), then write samples, metrics.json, the summary and TensorBoard (``write_outputs``; the daemon
+runs it on its background writer). Plain functions of their inputs, so they are tested without the
+watcher."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluator import summary as summaries
+from evaluator.acceleration import Acceleration, accelerate
 from evaluator.gpu_sharing import trainer_paused
 from evaluator.lora_swap import LoraSwapper
 from evaluator.metrics import (
@@ -52,17 +54,22 @@ class Models:
     encoder: ClipEncoder
     device: str
     dino: DinoEncoder | None = None
+    acceleration: Acceleration = field(default_factory=Acceleration)
 
     @classmethod
-    def load(cls, settings: TrialSettings, device: str, dtype_name: str = "auto") -> "Models":
+    def load(cls, settings: TrialSettings, device: str, dtype_name: str = "auto", compile: bool = False) -> "Models":
+        """Load the pipeline and encoders; ``compile``: ``evaluation.compile`` (see evaluator.acceleration)."""
         t0 = time.monotonic()
         dtype = pick_dtype(dtype_name, device)
-        pipe = load_pipeline(settings.base, device, dtype)
+        pipe = load_pipeline(settings.base, device, dtype, family=settings.family)
+        acceleration = accelerate(pipe, device, compile)
         encoder = ClipEncoder.load(settings.clip_model, settings.clip_pretrained, device=device)
         dino = DinoEncoder.load(settings.dino_model, settings.dino_pretrained, device) if settings.dino_model else None
-        log.info("loaded %s and CLIP %s%s on %s in %.1f s", settings.base, encoder.name,
-                 f" and DINO {dino.name}" if dino else "", device, time.monotonic() - t0)
-        return cls(settings.model_key(), pipe, LoraSwapper(pipe.unet, pipe.text_encoder), encoder, device, dino)
+        log.info("loaded %s and CLIP %s%s on %s in %.1f s (acceleration: %s)", settings.base, encoder.name,
+                 f" and DINO {dino.name}" if dino else "", device, time.monotonic() - t0, acceleration.describe())
+        models = cls(settings.model_key(), pipe, LoraSwapper.for_pipeline(pipe), encoder, device, dino)
+        models.acceleration = acceleration
+        return models
 
 
 @dataclass
@@ -156,14 +163,48 @@ def write_png(path: Path, image: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def score(models: Models, ctx: TrialContext, name: str, lora: Path | None, fp: Fingerprint | None,
-          epoch: int | None, step: int | None, previous: str | None) -> CheckpointMetrics:
-    """Generate and measure one checkpoint (``lora=None``: the baseline) and write every output.
+@dataclass
+class Scored:
+    """A version generated and measured, its files not yet written (``write_outputs`` writes them).
 
-    ``previous`` is the results folder of the checkpoint scored just before this one in training order."""
+    ``result`` is what metrics.json will hold; the daemon decides with it at once (the log line, early
+    stop) while a background writer writes the files."""
+
+    result: CheckpointMetrics
+    trial: Trial
+    folder: Path
+    baseline: bool
+    images: list[np.ndarray]
+    failures: list[str | None]
+
+    @property
+    def metrics(self):
+        return self.result.metrics
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.result.timings
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file of this version, in the order ``write_outputs`` writes them."""
+        return [self.folder / s.file for s in self.result.samples] + [self.folder / "metrics.json"]
+
+
+class OutputError(EpochscopeError):
+    """Writing one of a version's files failed; the message names the file."""
+
+
+def score(models: Models, ctx: TrialContext, name: str, lora: Path | None, fp: Fingerprint | None,
+          epoch: int | None, step: int | None, previous: str | None) -> Scored:
+    """Generate and measure one checkpoint (``lora=None``: the baseline); ``write_outputs`` writes its files.
+
+    ``previous`` is the results folder of the checkpoint scored just before this one in training order.
+    The trial's in-memory caches (baseline and recent samples) are updated here, so the next checkpoint
+    can be measured against this one before its files are on disk."""
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    set_scheduler(models.pipe, ctx.settings.scheduler)
+    set_scheduler(models.pipe, ctx.settings.scheduler, ctx.settings.v_prediction)
     gen = ctx.settings.generation
     with trainer_paused(ctx.trial, ctx.settings.gpu_sharing, models.device):
         if lora is None:
@@ -176,24 +217,16 @@ def score(models: Models, ctx: TrialContext, name: str, lora: Path | None, fp: F
     t1 = time.monotonic()
     images = [as_saved(im) for im in images]
     folder = ctx.trial.baseline_dir if lora is None else ctx.trial.checkpoint_eval_dir(name, fp.short if fp else None)
-    # The PNGs (sample files and the TensorBoard grid) are encoded in threads while the metrics run: zlib
-    # and torch both release the GIL. Every sample file is on disk before metrics.json is written.
-    with ThreadPoolExecutor(max_workers=PNG_WRITERS, thread_name_prefix="epochscope-png") as pool:
-        pngs = [pool.submit(write_png, folder / sample_filename(i), im) for i, im in enumerate(images)]
-        samples = prepare_samples(images, gen.prompts, gen.seeds, models.encoder, nsfw, dino=models.dino)
-        grid = pool.submit(encode_grid, images, samples.failures)
-        refs = ctx.ensure_references(models.encoder, models.dino)
-        training = ctx.ensure_training(models.encoder, models.dino)
-        baseline = None if lora is None else ctx.baseline or ctx.saved_samples(BASELINE, models.encoder, models.dino)
-        prev = ctx.saved_samples(previous, models.encoder, models.dino) if previous else None
-        copies = sample_copies(samples, refs, training)
-        metrics = compute_metrics(samples, refs, baseline=baseline, previous=prev, training=training, copies=copies)
-        timings["metrics"] = time.monotonic() - t1
-        for f in pngs:
-            f.result()
+    samples = prepare_samples(images, gen.prompts, gen.seeds, models.encoder, nsfw, dino=models.dino)
+    refs = ctx.ensure_references(models.encoder, models.dino)
+    training = ctx.ensure_training(models.encoder, models.dino)
+    baseline = None if lora is None else ctx.baseline or ctx.saved_samples(BASELINE, models.encoder, models.dino)
+    prev = ctx.saved_samples(previous, models.encoder, models.dino) if previous else None
+    copies = sample_copies(samples, refs, training)
+    metrics = compute_metrics(samples, refs, baseline=baseline, previous=prev, training=training, copies=copies)
+    timings["metrics"] = time.monotonic() - t1
     records = [Sample(file=sample_filename(i), prompt=prompt, seed=seed, failed=failed, copy_of=copies[i])
                for i, (prompt, seed, failed) in enumerate(zip(gen.prompts, gen.seeds, samples.failures))]
-    remove_stale_samples(folder, len(images))  # a re-score with fewer samples leaves none of the old ones
     timings["total"] = time.monotonic() - t0
     result = CheckpointMetrics(
         checkpoint=name, file=lora.name if lora else None, fingerprint=fp, epoch=epoch, step=step, metrics=metrics,
@@ -204,16 +237,44 @@ def score(models: Models, ctx: TrialContext, name: str, lora: Path | None, fp: F
                     "lora_scale": ctx.settings.lora_scale, "previous_checkpoint": previous,
                     "network": models.swapper.last_description if lora else None},
         timings=timings)
-    write_model(folder / "metrics.json", result)
     if lora is None:
         ctx.baseline = samples
     else:
         ctx.samples_cache = {k: v for k, v in ctx.samples_cache.items() if k == previous}
         ctx.samples_cache[folder.name] = samples
-    summaries.record(ctx.trial, result, SCORE_RULE, baseline=lora is None, results_dir=folder.name)
+    return Scored(result, ctx.trial, folder, lora is None, images, list(samples.failures))
+
+
+def write_outputs(scored: Scored) -> None:
+    """Write a scored version's files: sample PNGs (encoded in threads; zlib releases the GIL), then
+    metrics.json, the summary row and TensorBoard, each atomically. Every sample file is on disk before
+    metrics.json, and metrics.json before the summary points at it. A failing write raises
+    ``OutputError`` naming the file; TensorBoard only logs a warning (it must never cost a result)."""
+    t0 = time.monotonic()
+    folder, result = scored.folder, scored.result
+    with ThreadPoolExecutor(max_workers=PNG_WRITERS, thread_name_prefix="epochscope-png") as pool:
+        grid = pool.submit(encode_grid, scored.images, scored.failures)
+        pngs = [(folder / s.file, pool.submit(write_png, folder / s.file, im))
+                for s, im in zip(result.samples, scored.images)]
+        for path, f in pngs:
+            _named(path, f.result)
+        _named(folder, lambda: remove_stale_samples(folder, len(scored.images)))  # fewer samples than before
+        result.timings["write"] = time.monotonic() - t0
+        _named(folder / "metrics.json", lambda: write_model(folder / "metrics.json", result))
+        _named(scored.trial.evaluation_summary_path,
+               lambda: summaries.record(scored.trial, result, SCORE_RULE, baseline=scored.baseline,
+                                        results_dir=folder.name))
+        try:
+            log_checkpoint(scored.trial, result.step or 0, result.metrics, scored.images,
+                           "baseline" if scored.baseline else "checkpoint", failures=scored.failures,
+                           grid=grid.result())
+        except Exception as e:  # noqa: BLE001 - TensorBoard must never cost a result
+            log.warning("TensorBoard logging failed: %s", e)
+
+
+def _named(path: Path, write) -> None:
+    """Run ``write``; an OS error becomes an ``OutputError`` that names ``path``."""
     try:
-        log_checkpoint(ctx.trial, step or 0, metrics, images, "baseline" if lora is None else "checkpoint",
-                       failures=samples.failures, grid=grid.result())
-    except Exception as e:  # noqa: BLE001 - TensorBoard must never cost a result
-        log.warning("TensorBoard logging failed: %s", e)
-    return result
+        write()
+    except OSError as e:
+        raise OutputError(f"could not write {path}: {e.strerror or e}") from e

@@ -6,10 +6,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluator.pipeline import GenerationSettings, SampleSpec
-from shared.config import RunConfig
+from evaluator.pipeline import GenerationSettings, SampleSpec, SizeConditioning
+from shared.config import Family, RunConfig
 from shared.demo_assets import resolve_demo
 from shared.errors import EpochscopeError
+from shared.model_family import family_of_base
 from shared.sample_prompts import PromptLine, read_prompt_file
 
 log = logging.getLogger("epochscope.evaluator")
@@ -43,6 +44,11 @@ class TrialSettings:
     training: tuple[Path, ...] = ()  # dataset.train_dir images: memorisation is checked against them
     dino_model: str | None = None
     dino_pretrained: str | None = None
+    family: str = "sd1"  # model.family: "sd1" or "sdxl" (set, or told from the weights by load_config)
+    v_prediction: bool = False  # model.v_parameterization: the sampler must be told, whatever the base's config says
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
 
     def model_key(self) -> tuple[str, str, str | None, str | None, str | None]:
         """Trials that share these share the loaded models."""
@@ -60,7 +66,8 @@ def _images_with_captions(folder: Path, caption_extension: str) -> list[tuple[Pa
 
 def _generation(config: RunConfig, overrides: Overrides) -> GenerationSettings:
     """Prompts from evaluation.prompts, else evaluation.prompt_file (sd-scripts' sample-prompt format,
-    per-line options honoured), else the validation captions; cycled to num_samples, seed + i each."""
+    per-line options honoured), else the validation captions; cycled to num_samples, seed + i each. For
+    an SDXL base each sample also carries the size conditioning (target size: its own size)."""
     ev = config.evaluation
     lines = [PromptLine(p) for p in ev.prompts]
     if not lines and ev.prompt_file:
@@ -76,17 +83,19 @@ def _generation(config: RunConfig, overrides: Overrides) -> GenerationSettings:
         raise EpochscopeError("no evaluation prompts: set evaluation.prompts, evaluation.prompt_file, or a "
                               "dataset.validation_dir with caption files")
     n = overrides.num_samples or ev.num_samples
-    size = config.evaluation_resolution()
+    size = config.evaluation_resolution()  # evaluation.resolution, else dataset.resolution (512 sd1, 1024 sdxl)
+    sdxl = SizeConditioning(ev.original_size, ev.crop_top_left) if family_of(config) == "sdxl" else None
     steps = overrides.steps
     samples = []
     for i in range(n):
         line, cycle = lines[i % len(lines)], i // len(lines)
+        width, height = line.width or size, line.height or size
         samples.append(SampleSpec(
             prompt=line.prompt, seed=(line.seed + cycle) if line.seed is not None else ev.seed + i,
             negative_prompt=line.negative_prompt if line.negative_prompt is not None else ev.negative_prompt,
             steps=steps or line.steps or ev.steps,
             guidance_scale=line.guidance_scale if line.guidance_scale is not None else ev.guidance_scale,
-            width=line.width or size, height=line.height or size))
+            width=width, height=height, **(sdxl.for_sample(width, height) if sdxl else {})))
     return GenerationSettings(tuple(samples), ev.batch_size, config.model.clip_skip)
 
 
@@ -115,7 +124,15 @@ def settings_for(config: RunConfig, overrides: Overrides = Overrides()) -> Trial
         lora_scale=ev.lora_scale, gpu_sharing=overrides.gpu_sharing or ev.gpu_sharing,
         early_stop_enabled=ev.early_stop.enabled, patience=ev.early_stop.patience,
         min_delta=ev.early_stop.min_delta, min_checkpoints=ev.early_stop.min_checkpoints,
-        training=tuple(training_images(config)), dino_model=ev.dino_model, dino_pretrained=ev.dino_pretrained)
+        training=tuple(training_images(config)), dino_model=ev.dino_model, dino_pretrained=ev.dino_pretrained,
+        family=family_of(config), v_prediction=config.model.v_parameterization,
+        device=overrides.device or ev.device, dtype=ev.dtype, compile=ev.compile)
+
+
+def family_of(config: RunConfig) -> Family:
+    """``model.family``, else told from the weights (a config read without ``load_config``, such as an
+    older params.json, may leave it unset), else SD 1.x."""
+    return config.model.family or family_of_base(config.model.base) or "sd1"
 
 
 def training_images(config: RunConfig) -> list[Path]:

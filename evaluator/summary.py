@@ -1,8 +1,15 @@
 """evaluation_summary.json: one line per checkpoint, the baseline, and the best checkpoint; plus the
-early-stopping rule that reads it. Pure functions where possible, so they are tested without files."""
+early-stopping rule that reads it. Pure functions where possible, so they are tested without files.
+
+Every read-modify-write of the file holds one lock: the daemon's background writer records results while
+the scoring thread may record a failure or point a name at earlier results, and neither may lose the
+other's change. ``apply_result`` and ``apply_failure`` are the changes themselves, without the file: the
+daemon applies those of versions still being written to what is on disk to decide things now.
+"""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from shared.jsonio import read_model_or_none, write_model
@@ -45,15 +52,34 @@ def _show(summary: EvaluationSummary, entry: SummaryEntry) -> None:
     summary.failed.pop(entry.checkpoint, None)
 
 
-def record(trial: Trial, metrics: CheckpointMetrics, rule: str, baseline: bool = False,
-           results_dir: str | None = None) -> EvaluationSummary:
-    summary = load_summary(trial)
+_lock = threading.RLock()  # every read-modify-write of a summary file
+
+
+def apply_result(summary: EvaluationSummary, metrics: CheckpointMetrics, baseline: bool = False,
+                 results_dir: str | None = None) -> None:
+    """Put a scored version into ``summary`` (in memory). Applying it twice changes nothing more."""
     summary.notes = list(metrics.notes)
     if baseline:
         summary.baseline = entry_from(metrics, results_dir)
+        summary.failed.pop(metrics.checkpoint, None)
     else:
         _show(summary, entry_from(metrics, results_dir))
-    return _save(trial, summary, rule)
+
+
+def apply_failure(summary: EvaluationSummary, name: str, reason: str) -> None:
+    """Record ``name`` failed in ``summary`` (in memory); its current row, another version, goes to history."""
+    current = summary.checkpoints.pop(name, None)
+    if current is not None:
+        summary.history.append(current)
+    summary.failed[name] = reason
+
+
+def record(trial: Trial, metrics: CheckpointMetrics, rule: str, baseline: bool = False,
+           results_dir: str | None = None) -> EvaluationSummary:
+    with _lock:
+        summary = load_summary(trial)
+        apply_result(summary, metrics, baseline, results_dir)
+        return _save(trial, summary, rule)
 
 
 def find_version(summary: EvaluationSummary, fingerprint_short: str) -> SummaryEntry | None:
@@ -67,25 +93,25 @@ def find_version(summary: EvaluationSummary, fingerprint_short: str) -> SummaryE
 def show_version(trial: Trial, name: str, file: str, fingerprint_short: str, rule: str) -> bool:
     """Point ``name``'s row at already-scored bytes (a file put back to an earlier version, or renamed
     by a continuation) without scoring them again. False when these bytes were never scored."""
-    summary = load_summary(trial)
-    current = summary.checkpoints.get(name)
-    if current is not None and current.fingerprint == fingerprint_short:
+    with _lock:
+        summary = load_summary(trial)
+        current = summary.checkpoints.get(name)
+        if current is not None and current.fingerprint == fingerprint_short:
+            return True
+        found = find_version(summary, fingerprint_short)
+        if found is None:
+            return False
+        _show(summary, found.model_copy(update={"checkpoint": name, "file": file}))
+        _save(trial, summary, rule)
         return True
-    found = find_version(summary, fingerprint_short)
-    if found is None:
-        return False
-    _show(summary, found.model_copy(update={"checkpoint": name, "file": file}))
-    _save(trial, summary, rule)
-    return True
 
 
 def record_failure(trial: Trial, name: str, reason: str, rule: str) -> EvaluationSummary:
-    summary = load_summary(trial)
-    current = summary.checkpoints.pop(name, None)
-    if current is not None:  # the file on disk now is another version, which failed
-        summary.history.append(current)
-    summary.failed[name] = reason
-    return _save(trial, summary, rule)
+    """``name``'s version on disk now failed; the row it had (another version) goes to history."""
+    with _lock:
+        summary = load_summary(trial)
+        apply_failure(summary, name, reason)
+        return _save(trial, summary, rule)
 
 
 def _save(trial: Trial, summary: EvaluationSummary, rule: str) -> EvaluationSummary:

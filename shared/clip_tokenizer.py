@@ -1,6 +1,7 @@
-"""Build the SD 1.x CLIP tokenizer files (vocab.json, merges.txt) offline from the BPE vocabulary that
-open_clip_torch ships. The result has the same ids as open_clip's SimpleTokenizer and as
-openai/clip-vit-large-patch14, so it serves our demo pipeline and sd-scripts' tokenizer cache."""
+"""Build the SD 1.x / SDXL CLIP tokenizer files (vocab.json, merges.txt) offline from the BPE vocabulary that
+open_clip_torch ships. The result has the same ids as open_clip's SimpleTokenizer, as
+openai/clip-vit-large-patch14 and as laion/CLIP-ViT-bigG-14-laion2B-39B-b160k (SDXL's second tokenizer, which
+differs only in its pad token), so it serves our demo pipeline and sd-scripts' tokenizer cache."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-SD_SCRIPTS_TOKENIZER_SUBDIR = "openai_clip-vit-large-patch14"  # what sd-scripts looks for in its cache
+# What sd-scripts looks for in its --tokenizer_cache_dir: the hub name with "/" replaced by "_"
+# (library/train_util.py load_tokenizer for SD 1.x; library/sdxl_train_util.py load_tokenizers for SDXL).
+SD_SCRIPTS_TOKENIZER_SUBDIR = "openai_clip-vit-large-patch14"  # SD 1.x, and SDXL's tokenizer 1
+SD_SCRIPTS_TOKENIZER_2_SUBDIR = "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"  # SDXL's tokenizer 2
+TOKENIZER_2_PAD = "!"  # id 0: the bigG tokenizer pads with "!" (sd-scripts also forces pad_token_id = 0)
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 N_MERGES = 49152 - 256 - 2
@@ -43,8 +48,14 @@ def vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def write_tokenizer_files(dest: Path | str) -> Path:
-    """Write a transformers CLIPTokenizer folder to ``dest`` (idempotent)."""
+def write_tokenizer_files(dest: Path | str, pad_token: str = EOS) -> Path:
+    """Write a transformers CLIPTokenizer folder to ``dest`` (idempotent).
+
+    Args:
+        dest: the folder (created if missing).
+        pad_token: ``EOS`` for CLIP ViT-L/14 (SD 1.x, SDXL's ``tokenizer``); ``TOKENIZER_2_PAD`` for SDXL's
+            ``tokenizer_2``.
+    """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     vocab, merges = vocab_and_merges()
@@ -57,16 +68,22 @@ def write_tokenizer_files(dest: Path | str) -> Path:
         "bos_token": BOS,
         "eos_token": EOS,
         "unk_token": EOS,
-        "pad_token": EOS,
+        "pad_token": pad_token,
         "clean_up_tokenization_spaces": True,
     }
     (dest / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
+    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": pad_token}
     (dest / "special_tokens_map.json").write_text(json.dumps(special, indent=2), encoding="utf-8")
     return dest
 
 
 def write_sd_scripts_tokenizer_cache(cache_dir: Path | str) -> Path:
-    """Fill ``<cache_dir>/openai_clip-vit-large-patch14/`` so sd-scripts' ``--tokenizer_cache_dir``
-    works with no hub access."""
+    """Fill ``<cache_dir>/openai_clip-vit-large-patch14/`` (SD 1.x, SDXL's tokenizer 1) and
+    ``<cache_dir>/laion_CLIP-ViT-bigG-14-laion2B-39B-b160k/`` (SDXL's tokenizer 2, pad token ``"!"``), so that
+    sd-scripts' ``--tokenizer_cache_dir cache_dir`` works with no hub access for SD 1.x and SDXL runs alike.
+
+    Returns:
+        The SD 1.x folder, ``<cache_dir>/openai_clip-vit-large-patch14``; the SDXL one is beside it.
+    """
+    write_tokenizer_files(Path(cache_dir) / SD_SCRIPTS_TOKENIZER_2_SUBDIR, pad_token=TOKENIZER_2_PAD)
     return write_tokenizer_files(Path(cache_dir) / SD_SCRIPTS_TOKENIZER_SUBDIR)

@@ -23,11 +23,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+Family = Literal["sd1", "sdxl"]
+DEFAULT_RESOLUTION: dict[str, int] = {"sd1": 512, "sdxl": 1024}
+
+
 class ModelConfig(_Section):
-    base: str = Field("demo:tiny", description="SD 1.x weights: a diffusers folder, a single-file "
-                      ".safetensors checkpoint, or 'demo:tiny' for the offline random-weight demo model.")
+    base: str = Field("demo:tiny", description="SD 1.x or SDXL weights: a diffusers folder, a single-file "
+                      ".safetensors checkpoint, or 'demo:tiny' / 'demo:tiny-sdxl' for the offline random-weight "
+                      "demo models.")
+    family: Family | None = Field(None, description="sd1 (SD 1.x/2.x) or sdxl (SDXL 1.0, Pony, Illustrious, "
+                                  "NoobAI); detected from the weights when left out.")
     v_parameterization: bool = Field(False, description="The base predicts v (SD 2.x-v style).")
-    clip_skip: int | None = Field(None, ge=1, le=12)
+    clip_skip: int | None = Field(None, ge=1, le=12, description="SD 1.x only: SDXL always uses the "
+                                  "penultimate layer.")
 
 
 class DatasetConfig(_Section):
@@ -38,7 +46,7 @@ class DatasetConfig(_Section):
     dataset_config: str | None = Field(None, description="An sd-scripts dataset TOML, passed through "
                                        "verbatim (sd-scripts backend only).")
     caption_extension: str = ".txt"
-    resolution: int = Field(512, ge=32, le=4096)
+    resolution: int | None = Field(None, ge=32, le=4096, description="Default: 512 for sd1, 1024 for sdxl.")
     repeats_override: int | None = Field(None, ge=1, description="Ignore the N_ folder prefix.")
 
 
@@ -59,7 +67,13 @@ class TrainingConfig(_Section):
     train_batch_size: int = Field(1, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
-    text_encoder_lr: float | None = Field(None, gt=0)
+    text_encoder_lr: float | None = Field(None, gt=0, description="SDXL: the first text encoder's.")
+    text_encoder_2_lr: float | None = Field(None, gt=0, description="SDXL's second text encoder "
+                                            "(default: text_encoder_lr).")
+    cache_text_encoder_outputs: bool = Field(False, description="SDXL, UNet-only training: encode captions "
+                                             "once (sd-scripts --cache_text_encoder_outputs).")
+    no_half_vae: bool | None = Field(None, description="Keep the VAE in fp32 under mixed precision "
+                                     "(default: on for SDXL, whose VAE overflows in fp16).")
     optimizer: str = "AdamW"
     lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
     lr_warmup_steps: int = Field(0, ge=0)
@@ -126,6 +140,11 @@ class EvaluationConfig(_Section):
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     gpu_sharing: Literal["concurrent", "pause-trainer"] = "concurrent"
     lora_scale: float = 1.0
+    original_size: tuple[int, int] | None = Field(None, description="SDXL size conditioning (width, height) "
+                                                   "of the pretend source image; default: the sample size.")
+    crop_top_left: tuple[int, int] = Field((0, 0), description="SDXL crop conditioning (left, top).")
+    compile: bool = Field(False, description="torch.compile the UNet once per daemon (GPU; the first "
+                          "compile takes a minute, done while the baseline is scored).")
     early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
 
 
@@ -185,6 +204,21 @@ class RunConfig(_Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     sweep: SweepConfig | None = None
+
+    @model_validator(mode="after")
+    def _family_defaults(self) -> "RunConfig":
+        if self.dataset.resolution is None:
+            self.dataset.resolution = DEFAULT_RESOLUTION[self.family]
+        if self.family == "sdxl" and self.model.clip_skip not in (None, 2):
+            raise ValueError("model.clip_skip: SDXL always uses the penultimate text-encoder layer; leave it out")
+        if self.training.cache_text_encoder_outputs and self.network.train_text_encoder:
+            raise ValueError("training.cache_text_encoder_outputs cannot be used with network.train_text_encoder")
+        return self
+
+    @property
+    def family(self) -> Family:
+        """The model family: set, detected at load, or SD 1.x when neither could tell."""
+        return self.model.family or "sd1"
 
     def evaluation_resolution(self) -> int:
         return self.evaluation.resolution or self.dataset.resolution
@@ -253,8 +287,31 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Ru
         raise ConfigError(path, f"invalid TOML: {e}") from None
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
+    _check_family(data, path)
     config = config_from_dict(data, path)
     return resolve_paths(config, path.resolve().parent)
+
+
+def _check_family(data: dict[str, Any], path: Path) -> None:
+    """Fill ``model.family`` from the weights when left out (before validation, so the family's default
+    resolution applies), and refuse a family that the weights contradict."""
+    from shared.model_family import FAMILY_NAMES, family_of_base
+
+    model = data.get("model")
+    model = model if isinstance(model, dict) else {}
+    base = model.get("base", ModelConfig.model_fields["base"].default)
+    if not isinstance(base, str):
+        return
+    if _looks_like_path(base) and not Path(os.path.expanduser(base)).is_absolute():
+        base = str((path.resolve().parent / os.path.expanduser(base)).resolve())
+    detected = family_of_base(base)
+    stated = model.get("family")
+    if detected is None or stated == detected:
+        return
+    if stated is not None:
+        raise ConfigError(path, f"is {stated!r}, but {base} holds an {FAMILY_NAMES[detected]} model "
+                          f"({detected!r}); fix model.family or leave it out", field="model.family")
+    data.setdefault("model", {})["family"] = detected
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

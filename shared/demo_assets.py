@@ -3,12 +3,15 @@
 - ``tiny-sd/``: an SD-1.x-layout diffusers pipeline with random weights (UNet2DConditionModel,
   AutoencoderKL with the SD /8 latent factor, CLIPTextModel) and a CLIPTokenizer built from
   open_clip's BPE vocabulary;
+- ``tiny-sdxl/``: the same for SDXL's layout: a size-conditioned (``text_time``) UNet with SDXL's
+  block list and layers per block (so its original-layout names, ``input_blocks.4.1…``, are SDXL's),
+  CLIPTextModel + CLIPTextModelWithProjection, and both tokenizers;
 - ``tiny-clip/``: a tiny open_clip config plus random weights, for the metrics;
 - ``tiny-dino/``: a tiny DINOv2-layout timm ViT config plus random weights, for the DINO metric;
 - ``dataset/train/N_concept/`` and ``dataset/validation/``: captioned synthetic images (shapes and
   colours, not noise) in kohya layout, with a held-out validation split.
 
-A config names them as ``demo:tiny``, ``demo:tiny-clip``, ``demo:dataset/train``... Nothing here
+A config names them as ``demo:tiny``, ``demo:tiny-sdxl``, ``demo:tiny-clip``, ``demo:dataset/train``... Nothing here
 touches the network; it works with HF_HUB_OFFLINE=1.
 """
 
@@ -22,6 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared import base_configs
 from shared.config import DEMO_PREFIX
 
 ASSETS_VERSION = 1
@@ -61,6 +65,10 @@ class DemoAssets:
     @property
     def pipeline_dir(self) -> Path:
         return self.root / "tiny-sd"
+
+    @property
+    def sdxl_pipeline_dir(self) -> Path:
+        return self.root / "tiny-sdxl"
 
     @property
     def clip_config(self) -> Path:
@@ -103,8 +111,7 @@ def ensure_demo_assets(cache_dir: Path | str | None = None, force: bool = False)
     """Build the assets once; later calls return the cached ones. Safe to call from several processes."""
     assets = DemoAssets(demo_root(cache_dir))
     if assets.marker.exists() and not force:
-        if not assets.dino_config.exists():  # assets built before the tiny DINO existed
-            _build_dino_locked(assets)
+        _build_later_parts(assets)  # assets built before these parts existed
         return assets
     assets.root.mkdir(parents=True, exist_ok=True)
     import fcntl
@@ -114,6 +121,7 @@ def ensure_demo_assets(cache_dir: Path | str | None = None, force: bool = False)
         if assets.marker.exists() and not force:
             return assets
         _build_pipeline(assets.pipeline_dir)
+        _build_sdxl_pipeline(assets.sdxl_pipeline_dir)
         _build_clip(assets)
         _build_dino(assets)
         _build_dataset(assets)
@@ -131,6 +139,7 @@ def resolve_demo(value: str, cache_dir: Path | str | None = None) -> str:
     assets = ensure_demo_assets(cache_dir)
     table = {
         "tiny": assets.pipeline_dir,
+        "tiny-sdxl": assets.sdxl_pipeline_dir,
         "tiny-clip": assets.clip_config,
         "tiny-dino": assets.dino_config,
         "dataset": assets.dataset_dir,
@@ -163,14 +172,9 @@ def tiny_unet_config() -> dict:
     )
 
 
-def sd15_scheduler_config() -> dict:
-    return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-
-
 def _build_pipeline(dest: Path) -> None:
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from shared.clip_tokenizer import write_tokenizer_files
@@ -179,11 +183,7 @@ def _build_pipeline(dest: Path) -> None:
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**tiny_unet_config())
     torch.manual_seed(1)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=DEMO_RESOLUTION,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=16, scaling_factor=0.18215,
-    )
+    vae = _tiny_vae(0.18215)
     torch.manual_seed(2)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3,
@@ -192,13 +192,81 @@ def _build_pipeline(dest: Path) -> None:
     tokenizer = CLIPTokenizer.from_pretrained(tmp_tok)
     pipe = StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-        scheduler=DDIMScheduler(**sd15_scheduler_config()), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
+        scheduler=DDIMScheduler.from_config(base_configs.sd15_scheduler_config()), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(dest, safe_serialization=True)
     import shutil
 
     shutil.rmtree(tmp_tok, ignore_errors=True)
+
+
+def tiny_sdxl_unet_config() -> dict:
+    """SDXL's block list and two layers per block (so the original-layout indices match SDXL 1.0's),
+    with SDXL's size and pooled-text conditioning; channels shrunk to be fast on a CPU."""
+    return dict(
+        sample_size=DEMO_RESOLUTION // 8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2),
+        attention_head_dim=(2, 4, 4),
+        cross_attention_dim=64,  # text encoder 1 (32) + text encoder 2 (32), concatenated
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # six size numbers + the pooled text embedding
+        norm_num_groups=16,
+    )
+
+
+def _tiny_vae(scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=DEMO_RESOLUTION,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=16, scaling_factor=scaling_factor,
+    )
+
+
+def _build_sdxl_pipeline(dest: Path) -> None:
+    """Built in a temporary sibling and renamed (``shared.jsonio.build_folder``): never half a folder."""
+    import shutil
+
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from shared.clip_tokenizer import TOKENIZER_2_PAD, write_tokenizer_files
+    from shared.jsonio import build_folder
+
+    tok_dir = write_tokenizer_files(dest.parent / ".tokenizer-build-sdxl")
+    tok2_dir = write_tokenizer_files(dest.parent / ".tokenizer-build-sdxl-2", pad_token=TOKENIZER_2_PAD)
+    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3,
+                max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407)
+    torch.manual_seed(10)
+    unet = UNet2DConditionModel(**tiny_sdxl_unet_config())
+    torch.manual_seed(11)
+    vae = _tiny_vae(0.13025)
+    torch.manual_seed(12)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text, pad_token_id=49407))
+    torch.manual_seed(13)
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text, pad_token_id=0, hidden_act="gelu"))
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+        tokenizer=CLIPTokenizer.from_pretrained(tok_dir), tokenizer_2=CLIPTokenizer.from_pretrained(tok2_dir),
+        unet=unet, scheduler=EulerDiscreteScheduler.from_config(base_configs.sdxl_scheduler_config()),
+        add_watermarker=False,
+    )
+    try:
+        build_folder(dest, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True))
+    finally:
+        shutil.rmtree(tok_dir, ignore_errors=True)
+        shutil.rmtree(tok2_dir, ignore_errors=True)
 
 
 def _build_clip(assets: DemoAssets) -> None:
@@ -229,13 +297,18 @@ def _build_dino(assets: DemoAssets) -> None:
     atomic_write_text(assets.dino_config, json.dumps(cfg, indent=2) + "\n")  # last: it marks the build done
 
 
-def _build_dino_locked(assets: DemoAssets) -> None:
+def _build_later_parts(assets: DemoAssets) -> None:
+    """Parts added after ASSETS_VERSION 1 was first built, each built once when missing."""
+    if assets.dino_config.exists() and (assets.sdxl_pipeline_dir / "model_index.json").exists():
+        return
     import fcntl
 
     with open(assets.root / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not assets.dino_weights.exists() or not assets.dino_config.exists():
             _build_dino(assets)
+        if not (assets.sdxl_pipeline_dir / "model_index.json").exists():
+            _build_sdxl_pipeline(assets.sdxl_pipeline_dir)
 
 
 def _draw(shape: str, fill: tuple[int, int, int], bg: tuple[int, int, int], rng: random.Random, size: int):
@@ -271,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     assets = ensure_demo_assets(args.cache_dir, force=args.force)
     print(f"demo assets ready in {assets.root}")
-    for label, path in [("pipeline", assets.pipeline_dir), ("clip", assets.clip_config), ("dino", assets.dino_config),
+    for label, path in [("pipeline", assets.pipeline_dir), ("sdxl", assets.sdxl_pipeline_dir), ("clip", assets.clip_config), ("dino", assets.dino_config),
                         ("train", assets.train_dir), ("validation", assets.validation_dir)]:
         print(f"  {label:<10} {path}")
     return 0

@@ -1,4 +1,5 @@
-"""Atomic JSON files: a reader never sees half a file, and every read goes through a pydantic model."""
+"""Atomic JSON files: a reader never sees half a file, and every read goes through a pydantic model.
+Also atomic folders (``build_folder``): a model folder appears whole or not at all."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -115,3 +117,30 @@ def read_model_or_none(path: Path | str, model: type[M]) -> M | None:
     if not path.exists():
         return None
     return read_model(path, model)
+
+
+def build_folder(dest: Path | str, build: Callable[[Path], None], done_marker: str = "model_index.json") -> Path:
+    """Build a folder in a temporary sibling with ``build(tmp)`` and rename it to ``dest``, so a reader
+    (or a build killed half way) never leaves a half-built folder under the final name. Built once:
+    a ``dest`` holding ``done_marker`` is returned as it is, also when another process finished first."""
+    import shutil
+
+    dest = Path(dest)
+    if (dest / done_marker).exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        build(tmp)
+        if dest.exists() and not (dest / done_marker).exists():
+            shutil.rmtree(dest)  # what a killed build left before this function existed
+        try:
+            os.rename(tmp, dest)
+        except OSError:  # another process renamed its copy first (dest exists and is not empty): use theirs
+            if not (dest / done_marker).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

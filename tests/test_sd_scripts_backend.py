@@ -116,6 +116,45 @@ def test_command_variants(config):
     assert "--network_train_unet_only" not in _args(b.build_launch(te, Trial(config.output.dir), None, None, None))
 
 
+def _sdxl(config, **training):
+    return config.model_copy(update={"model": config.model.model_copy(update={"family": "sdxl"}),
+                                     "training": config.training.model_copy(update=training)})
+
+
+def test_sdxl_runs_sdxl_train_network_with_its_own_arguments(config):
+    """Issue 13: SDXL launches sdxl_train_network.py, with --no_half_vae by default (SDXL's VAE overflows in
+    fp16), --cache_text_encoder_outputs when asked, and one text-encoder lr per encoder."""
+    b, t = SdScriptsBackend(), Trial(config.output.dir)
+    spec = b.build_launch(_sdxl(config, cache_text_encoder_outputs=True), t, None, None, None)
+    assert spec.argv[:2] == ["/opt/venv/bin/python", "/opt/sd-scripts/sdxl_train_network.py"]
+    a = _args(spec)
+    assert "--no_half_vae" in a and "--cache_text_encoder_outputs" in a and "--clip_skip" not in a
+    assert a["--network_module"] == "networks.lora" and a["--max_train_epochs"] == "3"
+    two = _sdxl(config, text_encoder_lr=1e-5, text_encoder_2_lr=2e-5)
+    argv = b.build_launch(two, t, None, None, None).argv
+    i = argv.index("--text_encoder_lr")
+    assert argv[i + 1:i + 3] == ["1e-05", "2e-05"]
+    one = b.build_launch(_sdxl(config, text_encoder_lr=1e-5, no_half_vae=False), t, None, None, None).argv
+    assert one[one.index("--text_encoder_lr") + 1:one.index("--text_encoder_lr") + 3][1].startswith("--")
+    assert "--no_half_vae" not in one
+    assert "--no_half_vae" not in b.build_launch(config, t, None, None, None).argv  # SD 1.x: only when asked
+    multi = _sdxl(config, num_gpus=2)
+    assert b.build_launch(multi, t, None, None, None).argv[5:7] == ["--num_machines", "1"]
+    assert b.build_launch(multi, t, None, None, None).argv[7].endswith("sdxl_train_network.py")
+
+
+def test_sdxl_settings_that_cannot_work_are_config_errors(tmp_path):
+    from shared.config import config_from_dict
+    from shared.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="clip_skip"):
+        config_from_dict({"model": {"family": "sdxl", "clip_skip": 1}})
+    with pytest.raises(ConfigError, match="cache_text_encoder_outputs"):
+        config_from_dict({"network": {"train_text_encoder": True}, "training": {"cache_text_encoder_outputs": True}})
+    assert config_from_dict({"model": {"family": "sdxl"}}).dataset.resolution == 1024
+    assert config_from_dict({}).dataset.resolution == 512
+
+
 def test_resume_counts_this_run_from_zero(config, tmp_path):
     t = Trial(config.output.dir)
     rp = ResumePoint(t.root / "lora1-000003-state", step=9, epoch=3)

@@ -1,11 +1,16 @@
 """Where training progress goes: trainer_status.json (atomic, heartbeat), training.log, TensorBoard,
-and the console (a rich bar on a terminal, plain lines otherwise)."""
+and the console (a rich bar on a terminal; under run_pair.sh on a terminal, a live status line that
+``live_status`` keeps on the bottom line; plain lines otherwise)."""
 
 from __future__ import annotations
 
+import io
+import os
+import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -88,14 +93,25 @@ class TensorBoardScalars:
             self._writer.close()
 
 
-class Console:
-    """A rich progress bar on a TTY; otherwise a plain line at most every few seconds."""
+LIVE_ENV = "EPOCHSCOPE_LIVE_STATUS"  # run_pair.sh sets it to 1 when its own output is a terminal
+STATUS_MARK = "@@status "  # starts a live status line: ``live_status`` shows it on the bottom line, in place
+LIVE_INTERVAL_S = 0.25
 
-    def __init__(self, stream: TextIO = sys.stderr, plain_interval_s: float = 5.0) -> None:
+
+class Console:
+    """A rich progress bar on a TTY; under run_pair.sh on a terminal (``EPOCHSCOPE_LIVE_STATUS=1``), a
+    status line at most every ``LIVE_INTERVAL_S`` marked for ``live_status``; otherwise a plain line at
+    most every few seconds."""
+
+    def __init__(self, stream: TextIO = sys.stderr, plain_interval_s: float = 5.0, live: bool | None = None,
+                 clock=time.monotonic) -> None:
         self._stream = stream
         self._tty = stream.isatty()
-        self._interval = plain_interval_s
-        self._last = 0.0
+        self._live = (os.environ.get(LIVE_ENV) == "1") if live is None else live
+        self._live = self._live and not self._tty
+        self._interval = LIVE_INTERVAL_S if self._live else plain_interval_s
+        self._clock = clock
+        self._last = -1e9
         self._progress = None
         self._task = None
 
@@ -117,13 +133,17 @@ class Console:
         if self._progress is not None:
             self._progress.update(self._task, completed=status.step, total=status.total_steps, info=info)
             return
-        now = time.monotonic()
-        if now - self._last >= self._interval or (status.total_steps and status.step >= status.total_steps):
+        now = self._clock()
+        last_step = bool(status.total_steps and status.step >= status.total_steps)
+        if now - self._last >= self._interval or last_step:
             self._last = now
             eta = f" eta {status.eta_seconds:.0f}s" if status.eta_seconds is not None else ""
             if status.steps_per_second:
                 eta += f" ({status.steps_per_second:.2f} steps/s)"
-            print(f"step {status.step}/{status.total_steps or '?'} {info}{eta}", file=self._stream, flush=True)
+            line = f"step {status.step}/{status.total_steps or '?'} {info}{eta}"
+            if self._live:
+                line = STATUS_MARK + _bar(status.step, status.total_steps) + line
+            print(line, file=self._stream, flush=True)
 
     def message(self, text: str) -> None:
         if self._progress is not None:
@@ -134,3 +154,54 @@ class Console:
     def stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def _bar(step: int, total: int | None, width: int = 20) -> str:
+    if not total:
+        return ""
+    filled = min(width, int(width * step / total))
+    return "[" + "#" * filled + "-" * (width - filled) + "] "
+
+
+def live_status(lines: Iterable[str], out: TextIO, columns: Callable[[], int] | None = None) -> None:
+    """Copy ``lines`` (both processes' prefixed output, run_pair.sh) to a terminal, keeping the latest status
+    line (one holding ``STATUS_MARK``) on the bottom line, redrawn in place. Every other line is printed
+    whole above it, so the evaluator's lines are never cut by the trainer's updates. At the end the last
+    status stays on screen as an ordinary line."""
+    columns = columns or (lambda: shutil.get_terminal_size((120, 24)).columns)
+    status = ""
+
+    def fit(text: str) -> str:  # one screen line: a wrapped line could not be redrawn in place
+        width = max(10, columns() - 1)
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    for raw in lines:
+        line = raw.rstrip("\n")
+        if STATUS_MARK in line:
+            status = line.replace(STATUS_MARK, "")
+            out.write("\r\x1b[K" + fit(status))
+        else:
+            out.write("\r\x1b[K" + line + "\n" + (fit(status) if status else ""))
+        out.flush()
+    if status:
+        out.write("\r\x1b[K" + status + "\n")
+        out.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m trainer.reporting --live``: run_pair.sh's renderer of both processes' output."""
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["--live"]:
+        print("usage: python -m trainer.reporting --live   (reads run_pair.sh's combined output on stdin)",
+              file=sys.stderr)
+        return 2
+    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", line_buffering=True)
+    try:
+        live_status(iter(stdin.readline, ""), sys.stdout)
+    except (BrokenPipeError, KeyboardInterrupt):
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,9 +23,10 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         "our trainer did not make (no params.json); see configs/evaluate-folder.toml")
     parser.add_argument("--name", help="score only this output name's files (NAME.safetensors, NAME-000002..., "
                         "NAME-step...); default: the trial's output name, or every *.safetensors")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                        help="auto: fp16/bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's evaluation.device, "
+                        "whose default is auto)")
+    parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"],
+                        help="default: the config's evaluation.dtype (auto: fp16/bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--num-samples", type=int, help="override evaluation.num_samples")
     parser.add_argument("--steps", type=int, help="override evaluation.steps")
     parser.add_argument("--gpu-sharing", choices=["concurrent", "pause-trainer"],

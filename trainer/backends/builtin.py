@@ -34,7 +34,7 @@ class BuiltinBackend:
         path = Path(resolve_demo(base))
         if not path.exists():
             raise EpochscopeError(f"model.base {base!r} not found: give a diffusers folder, a single-file "
-                                  ".safetensors checkpoint, or 'demo:tiny'")
+                                  ".safetensors checkpoint, or 'demo:tiny' / 'demo:tiny-sdxl'")
         if config.dataset.train_dir is None:
             raise EpochscopeError("dataset.train_dir is required for the builtin backend")
         items = scan(resolve_demo(config.dataset.train_dir), config.dataset.caption_extension,

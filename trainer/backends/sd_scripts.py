@@ -1,4 +1,5 @@
-"""The sd-scripts backend: kohya-ss train_network.py in its own checkout and Python environment."""
+"""The sd-scripts backend: kohya-ss train_network.py (SD 1.x) or sdxl_train_network.py (SDXL) in its own
+checkout and Python environment."""
 
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ class SdScriptsBackend:
         folder, python = t.resolved_sd_scripts_dir(), t.resolved_sd_scripts_python()
         if not folder or not python:
             raise EpochscopeError(f"the sd-scripts backend needs a checkout and its Python: {HOW_TO}")
-        if not (Path(folder) / "train_network.py").is_file():
-            raise EpochscopeError(f"training.sd_scripts_dir {folder} has no train_network.py: {HOW_TO}")
+        script = command.script_name(config)
+        if not (Path(folder) / script).is_file():
+            raise EpochscopeError(f"training.sd_scripts_dir {folder} has no {script}: {HOW_TO}")
         try:
             out = subprocess.run([python, "-c", "import sys, torch; print(sys.version.split()[0], torch.__version__)"],
                                  capture_output=True, text=True, timeout=120)
@@ -47,8 +49,9 @@ class SdScriptsBackend:
             raise EpochscopeError(f"training.sd_scripts_python {python} cannot import torch: "
                                   f"{out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
         if config.model.base.startswith("demo:"):
-            raise EpochscopeError("model.base 'demo:tiny' cannot be trained by sd-scripts (it hard-codes SD 1.5 "
-                                  "shapes); use an SD 1.5 checkpoint or diffusers folder, or training.backend = 'builtin'")
+            raise EpochscopeError(f"model.base {config.model.base!r} cannot be trained by sd-scripts (it hard-codes "
+                                  "SD 1.5 and SDXL shapes); use a real checkpoint or diffusers folder, or "
+                                  "training.backend = 'builtin'")
         if not Path(config.model.base).exists():
             raise EpochscopeError(f"model.base {config.model.base} not found")
         if not config.dataset.dataset_config and not (config.dataset.train_dir and Path(config.dataset.train_dir).is_dir()):

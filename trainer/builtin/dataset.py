@@ -52,22 +52,38 @@ def scan(train_dir: Path | str, caption_extension: str = ".txt", repeats_overrid
     return items
 
 
-def load_image(path: Path, resolution: int) -> np.ndarray:
-    """Resize the short side to ``resolution`` and centre-crop; uint8 HxWx3."""
+@dataclass(frozen=True)
+class TrainingImage:
+    """A training image at the training resolution, and where it came from: SDXL's size conditioning
+    (sd-scripts' ``original_size`` / ``crop_top_left`` / ``target_size``) is made of these."""
+
+    pixels: np.ndarray  # uint8 HxWx3, resolution x resolution
+    original_hw: tuple[int, int]  # (height, width) before resizing
+    crop_top_left: tuple[int, int]  # (top, left) of the crop, in the resized image
+
+
+def load_training_image(path: Path, resolution: int) -> TrainingImage:
+    """Resize the short side to ``resolution`` and centre-crop, recording the original size and the crop."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
-            w, h = im.size
-            scale = resolution / min(w, h)
-            im = im.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))),
+            w0, h0 = im.size
+            scale = resolution / min(w0, h0)
+            im = im.resize((max(resolution, round(w0 * scale)), max(resolution, round(h0 * scale))),
                            Image.Resampling.BICUBIC)
             w, h = im.size
             left, top = (w - resolution) // 2, (h - resolution) // 2
-            return np.asarray(im.crop((left, top, left + resolution, top + resolution)), dtype=np.uint8)
+            pixels = np.asarray(im.crop((left, top, left + resolution, top + resolution)), dtype=np.uint8)
+            return TrainingImage(pixels, (h0, w0), (top, left))
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DatasetError(f"cannot read training image {path}: {e}") from None
+
+
+def load_image(path: Path, resolution: int) -> np.ndarray:
+    """Resize the short side to ``resolution`` and centre-crop; uint8 HxWx3."""
+    return load_training_image(path, resolution).pixels
 
 
 def epoch_order(items: list[Item], seed: int, epoch: int) -> list[int]:

@@ -1,8 +1,9 @@
 """peft LoRA weights <-> the kohya/sd-scripts LoRA file format that WebUI, ComfyUI and diffusers read.
 
 kohya keys: ``<kohya module name>.lora_down.weight`` (peft's lora_A), ``.lora_up.weight`` (lora_B) and
-``.alpha`` (a scalar), with module names from ``shared.kohya_names`` (``lora_unet_...``,
-``lora_te_text_model_encoder_layers_...``).
+``.alpha`` (a scalar), with module names from ``shared.kohya_names``: SD 1.x ``lora_unet_down_blocks_...``
+and ``lora_te_text_model_encoder_layers_...``; SDXL, as sd-scripts' ``sdxl_train_network.py`` writes them,
+``lora_unet_input_blocks_...`` (the original UNet layout) and ``lora_te1_...`` / ``lora_te2_...``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ from pathlib import Path
 
 import torch
 
+from shared.config import Family
 from shared.kohya_names import Component, KohyaTable
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+
+# What sd-scripts writes for each family (library/sai_model_spec.py, train_network.py).
+BASE_MODEL_VERSION: dict[Family, str] = {"sd1": "sd_v1", "sdxl": "sdxl_base_v1-0"}
+ARCHITECTURE: dict[Family, str] = {"sd1": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
 
 
 def to_kohya(peft_state: dict[str, torch.Tensor], root: torch.nn.Module, component: Component, table: KohyaTable,
@@ -32,7 +38,8 @@ def to_kohya(peft_state: dict[str, torch.Tensor], root: torch.nn.Module, compone
             if key.endswith(peft_part):
                 name = names.get(id(root.get_submodule(key[: -len(peft_part)])))
                 if name is None:
-                    raise ValueError(f"trained module {key[: -len(peft_part)]!r} has no kohya name for SD 1.x")
+                    raise ValueError(f"trained module {key[: -len(peft_part)]!r} of the {component} has no "
+                                     "kohya name")
                 out[f"{name}.{kohya_part}"] = tensor.detach().to("cpu", torch.float32).contiguous()
                 out[f"{name}.alpha"] = torch.tensor(float(alpha))
                 break
@@ -43,8 +50,8 @@ def to_kohya(peft_state: dict[str, torch.Tensor], root: torch.nn.Module, compone
 
 def sd_scripts_metadata(*, output_name: str, epoch: int, step: int, num_epochs: int, dim: int, alpha: float,
                         learning_rate: float, started_at: datetime, resolution: int, train_text_encoder: bool,
-                        seed: int, num_train_images: int) -> dict[str, str]:
-    """The ``ss_*`` metadata sd-scripts writes (the subset tools read), as strings."""
+                        seed: int, num_train_images: int, family: Family = "sd1") -> dict[str, str]:
+    """The ``ss_*`` and ``modelspec.*`` metadata sd-scripts writes (the subset tools read), as strings."""
     return {
         "ss_output_name": output_name,
         "ss_epoch": str(epoch),
@@ -54,7 +61,7 @@ def sd_scripts_metadata(*, output_name: str, epoch: int, step: int, num_epochs: 
         "ss_network_dim": str(dim),
         "ss_network_alpha": str(alpha),
         "ss_learning_rate": str(learning_rate),
-        "ss_base_model_version": "sd_v1",
+        "ss_base_model_version": BASE_MODEL_VERSION[family],
         "ss_training_started_at": str(started_at.replace(tzinfo=timezone.utc).timestamp()),
         "ss_training_finished_at": str(datetime.now(timezone.utc).timestamp()),
         "ss_resolution": f"({resolution}, {resolution})",
@@ -62,7 +69,8 @@ def sd_scripts_metadata(*, output_name: str, epoch: int, step: int, num_epochs: 
         "ss_seed": str(seed),
         "ss_num_train_images": str(num_train_images),
         "sshs_model_hash": "",
-        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.architecture": ARCHITECTURE[family],
+        "modelspec.resolution": f"{resolution}x{resolution}",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
         "modelspec.title": output_name,
         "epochscope.trainer": "builtin",

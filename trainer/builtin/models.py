@@ -1,14 +1,12 @@
-"""Load the SD 1.x components the built-in trainer needs, offline, from a diffusers folder or a
-single-file checkpoint."""
+"""The components the built-in trainer needs (SD 1.x, or SDXL with its second tokenizer and text encoder),
+loaded offline through ``shared.base_loading`` from a diffusers folder, a single-file checkpoint or a demo name."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from shared.demo_assets import resolve_demo
-from shared.errors import EpochscopeError
+from shared.config import Family
 
 
 @dataclass
@@ -18,44 +16,32 @@ class Components:
     vae: Any
     unet: Any
     noise_scheduler: Any
+    #: SDXL's second tokenizer and text encoder (OpenCLIP bigG, with projection); None for SD 1.x.
+    tokenizer_2: Any = None
+    text_encoder_2: Any = None
+
+    @property
+    def family(self) -> Family:
+        return "sdxl" if self.text_encoder_2 is not None else "sd1"
+
+    @property
+    def text_encoders(self) -> list[Any]:
+        """``[text_encoder]`` for SD 1.x, ``[text_encoder, text_encoder_2]`` for SDXL."""
+        return [te for te in (self.text_encoder, self.text_encoder_2) if te is not None]
 
 
-def load_components(base: str) -> Components:
+def load_components(base: str, family: Family | None = None) -> Components:
+    """The parts of ``model.base`` training needs; ``family`` None: told from the weights.
+
+    Raises:
+        shared.base_loading.BaseModelError: naming ``model.base`` when it cannot be loaded.
+    """
     from diffusers import DDPMScheduler
 
-    path = Path(resolve_demo(base))
-    if path.is_dir():
-        if not (path / "model_index.json").exists() and not (path / "unet").is_dir():
-            raise EpochscopeError(f"model.base {path} is a folder but not a diffusers pipeline "
-                                  "(no model_index.json / unet/)")
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
+    from shared.base_loading import load_base_pipeline
 
-        try:
-            return Components(
-                tokenizer=CLIPTokenizer.from_pretrained(path / "tokenizer"),
-                text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder"),
-                vae=AutoencoderKL.from_pretrained(path / "vae"),
-                unet=UNet2DConditionModel.from_pretrained(path / "unet"),
-                noise_scheduler=DDPMScheduler.from_pretrained(path / "scheduler"),
-            )
-        except (OSError, ValueError) as e:
-            raise EpochscopeError(f"model.base {path}: cannot load the diffusers pipeline: {e}") from None
-    if path.is_file():
-        if path.suffix not in {".safetensors"}:
-            raise EpochscopeError(f"model.base {path}: only .safetensors single-file checkpoints are read "
-                                  "(pickle formats like .ckpt are not loaded for safety); convert it first")
-        from diffusers import StableDiffusionPipeline
-
-        try:
-            pipe = StableDiffusionPipeline.from_single_file(str(path), local_files_only=True,
-                                                            safety_checker=None, requires_safety_checker=False)
-        except Exception as e:  # noqa: BLE001 - diffusers raises many kinds here
-            raise EpochscopeError(
-                f"model.base {path}: cannot load this single-file checkpoint offline ({type(e).__name__}: {e}). "
-                "Convert it to a diffusers folder once (diffusers' convert_original_stable_diffusion_to_diffusers) "
-                "and point model.base at the folder") from None
-        return Components(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet,
-                          DDPMScheduler.from_config(pipe.scheduler.config))
-    raise EpochscopeError(f"model.base {base!r} not found: give a diffusers folder, a single-file "
-                          ".safetensors checkpoint, or 'demo:tiny'")
+    pipe = load_base_pipeline(base, family)
+    return Components(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae, unet=pipe.unet,
+                      noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
+                      tokenizer_2=getattr(pipe, "tokenizer_2", None),
+                      text_encoder_2=getattr(pipe, "text_encoder_2", None))

@@ -26,6 +26,10 @@ from trainer.builtin.events import emit, fail, say
 from trainer.outputs import retire_final
 
 
+#: Key prefixes of the UNet's, text encoder's and SDXL's second text encoder's LoRA weights in a state folder.
+STATE_PREFIXES = ("unet.", "te.", "te2.")
+
+
 class _StopFlag:
     requested = False
 
@@ -42,6 +46,15 @@ def pick_device(name: str):
         return torch.device(name)
     except RuntimeError:
         raise EpochscopeError(f"training.device {name!r} is not a torch device (auto, cpu, cuda, cuda:1)") from None
+
+
+def _quiet_loading() -> None:
+    """No loading progress bars in training.log."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +83,8 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
     from shared.kohya_names import KohyaTable
-    from shared.text_encoding import encode_prompts
     from trainer.builtin import lora_format, state
+    from trainer.builtin.conditioning import TextConditioning, size_time_ids
     from trainer.builtin.models import load_components
 
     cfg = params.config
@@ -84,32 +97,42 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
     items = ds.scan(resolve_demo(cfg.dataset.train_dir), cfg.dataset.caption_extension,
                     cfg.dataset.repeats_override)
     say(f"dataset: {len(items)} images, {sum(i.repeats for i in items)} samples per epoch (with repeats)")
-    images = [ds.load_image(item.image, cfg.dataset.resolution) for item in items]
+    loaded = [ds.load_training_image(item.image, cfg.dataset.resolution) for item in items]
+    images = [im.pixels for im in loaded]
 
     torch.manual_seed(tc.seed)
-    comp = load_components(cfg.model.base)
+    _quiet_loading()
+    comp = load_components(cfg.model.base, cfg.model.family)
+    family = comp.family
     use_amp = device.type == "cuda" and tc.mixed_precision != "no"
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(tc.mixed_precision, torch.float32)
     weight_dtype = amp_dtype if use_amp else torch.float32
-    for module in (comp.unet, comp.text_encoder, comp.vae):
+    no_half_vae = tc.no_half_vae if tc.no_half_vae is not None else family == "sdxl"
+    vae_dtype = torch.float32 if no_half_vae else weight_dtype
+    text_encoders = comp.text_encoders  # SD 1.x: [te]; SDXL: [te1, te2]
+    for module in (comp.unet, *text_encoders, comp.vae):
         module.requires_grad_(False)
-        module.to(device, dtype=weight_dtype)
+        module.to(device, dtype=vae_dtype if module is comp.vae else weight_dtype)
     comp.unet.add_adapter(LoraConfig(r=net.dim, lora_alpha=net.alpha, lora_dropout=net.dropout,
                                      target_modules=lora_format.UNET_TARGETS))
     if net.train_text_encoder:
-        comp.text_encoder.add_adapter(LoraConfig(r=net.dim, lora_alpha=net.alpha, lora_dropout=net.dropout,
-                                                 target_modules=lora_format.TEXT_ENCODER_TARGETS))
-    for module in (comp.unet, comp.text_encoder):
+        for te in text_encoders:
+            te.add_adapter(LoraConfig(r=net.dim, lora_alpha=net.alpha, lora_dropout=net.dropout,
+                                      target_modules=lora_format.TEXT_ENCODER_TARGETS))
+    for module in (comp.unet, *text_encoders):
         for p in module.parameters():
             if p.requires_grad:
                 p.data = p.data.float()  # LoRA weights train in fp32 under autocast
     if tc.gradient_checkpointing:
         comp.unet.enable_gradient_checkpointing()
     unet_params = [p for p in comp.unet.parameters() if p.requires_grad]
-    te_params = [p for p in comp.text_encoder.parameters() if p.requires_grad]
+    # One group per trained text encoder; SDXL's second takes text_encoder_2_lr, else text_encoder_lr.
+    te_lrs = [tc.text_encoder_lr, tc.text_encoder_2_lr or tc.text_encoder_lr]
+    te_groups = [([p for p in te.parameters() if p.requires_grad], lr or tc.learning_rate)
+                 for te, lr in zip(text_encoders, te_lrs)]
+    te_params = [p for params_, _ in te_groups for p in params_]
     groups = [{"params": unet_params, "lr": tc.learning_rate}]
-    if te_params:
-        groups.append({"params": te_params, "lr": tc.text_encoder_lr or tc.learning_rate})
+    groups += [{"params": params_, "lr": lr} for params_, lr in te_groups if params_]
     opt_name = tc.optimizer.lower()
     if opt_name == "adamw":
         optimizer = torch.optim.AdamW(groups, lr=tc.learning_rate, weight_decay=1e-2)
@@ -144,11 +167,10 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
             raise EpochscopeError(f"{resume}: the dataset or batch size changed since this state was saved "
                                   f"({counters.steps_per_epoch} steps per epoch then, {steps_per_epoch} now)")
         weights = state.load_state(resume, optimizer, lr_scheduler)
-        unet_w = {k[len("unet."):]: v for k, v in weights.items() if k.startswith("unet.")}
-        te_w = {k[len("te."):]: v for k, v in weights.items() if k.startswith("te.")}
-        set_peft_model_state_dict(comp.unet, unet_w)
-        if te_w:
-            set_peft_model_state_dict(comp.text_encoder, te_w)
+        for prefix, module in zip(STATE_PREFIXES, (comp.unet, *text_encoders)):
+            part = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+            if part:
+                set_peft_model_state_dict(module, part)
         global_step = counters.step
         state.apply_schedule(optimizer, lr_scheduler)  # the next step's lr, from this run's schedule
         say(f"resumed from {resume} at step {global_step} (lr schedule over {schedule_steps} steps)")
@@ -159,21 +181,27 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
         return 0
 
     started_at = params.created_at.astimezone(timezone.utc).replace(tzinfo=None)
-    tokenizer, text_encoder, vae, unet = comp.tokenizer, comp.text_encoder, comp.vae, comp.unet
+    vae, unet = comp.vae, comp.unet
     sched = comp.noise_scheduler
     scaling = getattr(vae.config, "scaling_factor", 0.18215)
 
     def to_pixels(idx: list[int]):
         arr = torch.from_numpy(__import__("numpy").stack([images[i] for i in idx])).permute(0, 3, 1, 2)
-        return (arr.float() / 127.5 - 1.0).to(device, dtype=weight_dtype)
+        return (arr.float() / 127.5 - 1.0).to(device, dtype=vae_dtype)
 
     latent_cache = None
     if tc.cache_latents:
         with torch.no_grad():
-            latent_cache = [vae.encode(to_pixels([i])).latent_dist.mode()[0] * scaling for i in range(len(items))]
+            latent_cache = [(vae.encode(to_pixels([i])).latent_dist.mode()[0] * scaling).to(weight_dtype)
+                            for i in range(len(items))]
 
-    def encode_text(idx: list[int]):
-        return encode_prompts(tokenizer, text_encoder, [items[i].caption for i in idx], cfg.model.clip_skip, device)
+    encode_text = TextConditioning(comp, family, [item.caption for item in items], cfg.model.clip_skip, device,
+                                   cache=tc.cache_text_encoder_outputs)
+    if encode_text.cached:
+        for te in text_encoders:  # not needed again: free the accelerator's memory, as sd-scripts does
+            te.to("cpu")
+        say(f"text encoder outputs cached for {len(set(item.caption for item in items))} captions")
+    time_ids = size_time_ids(loaded, cfg.dataset.resolution) if family == "sdxl" else None
 
     def loss_for(idx: list[int], gen: torch.Generator):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
@@ -183,13 +211,16 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
                 with torch.no_grad():
                     dist = vae.encode(to_pixels(idx)).latent_dist
                     eps = torch.randn(dist.mean.shape, generator=gen).to(device, dist.mean.dtype)
-                    latents = (dist.mean + dist.std * eps) * scaling
+                    latents = ((dist.mean + dist.std * eps) * scaling).to(weight_dtype)
             noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
             timesteps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(device)
             noisy = sched.add_noise(latents, noise, timesteps)
             with torch.set_grad_enabled(bool(te_params)):
-                hidden = encode_text(idx)
-            pred = unet(noisy, timesteps, hidden).sample
+                hidden, pooled = encode_text(idx)
+            added = None
+            if time_ids is not None:
+                added = {"text_embeds": pooled, "time_ids": time_ids[idx].to(device, hidden.dtype)}
+            pred = unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
             if sched.config.prediction_type == "v_prediction":
                 target = sched.get_velocity(latents, noise, timesteps)
             else:
@@ -197,20 +228,23 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
         return F.mse_loss(pred.float(), target.float())
 
     trainable = unet_params + te_params
-    kohya_table = KohyaTable.for_models(unet, text_encoder)
+    kohya_table = KohyaTable.for_models(unet, *text_encoders)
+    trained = [(unet, "unet")]
+    if te_params:
+        trained += list(zip(text_encoders, ("text_encoder", "text_encoder_2")))
 
     def save(stem: str, epoch: int) -> None:
-        unet_sd = get_peft_model_state_dict(unet)
-        tensors = lora_format.to_kohya(unet_sd, unet, "unet", kohya_table, net.alpha)
-        weights = {f"unet.{k}": v for k, v in unet_sd.items()}
-        if te_params:
-            te_sd = get_peft_model_state_dict(text_encoder)
-            tensors.update(lora_format.to_kohya(te_sd, text_encoder, "text_encoder", kohya_table, net.alpha))
-            weights.update({f"te.{k}": v for k, v in te_sd.items()})
+        tensors: dict = {}
+        weights: dict = {}
+        for (module, component), prefix in zip(trained, STATE_PREFIXES):
+            peft_sd = get_peft_model_state_dict(module)
+            tensors.update(lora_format.to_kohya(peft_sd, module, component, kohya_table, net.alpha))
+            weights.update({f"{prefix}{k}": v for k, v in peft_sd.items()})
         meta = lora_format.sd_scripts_metadata(
             output_name=cfg.output.name, epoch=epoch, step=global_step, num_epochs=total_epochs, dim=net.dim,
             alpha=net.alpha, learning_rate=tc.learning_rate, started_at=started_at, resolution=cfg.dataset.resolution,
-            train_text_encoder=net.train_text_encoder, seed=tc.seed, num_train_images=samples_per_epoch)
+            train_text_encoder=net.train_text_encoder, seed=tc.seed, num_train_images=samples_per_epoch,
+            family=family)
         path = trial.checkpoint_path(stem)
         if stem == cfg.output.name:  # a continuation's final: the previous one keeps its epoch/step name
             kept = retire_final(trial, cfg.output.name, steps_per_epoch)

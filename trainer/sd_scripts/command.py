@@ -1,4 +1,5 @@
-"""train_network.py arguments from our config, as plain data (printable, testable, no process)."""
+"""train_network.py / sdxl_train_network.py arguments from our config, as plain data (printable,
+testable, no process)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from shared.config import RunConfig
 
 PLACEHOLDER_DIR = "$SD_SCRIPTS_DIR"
 PLACEHOLDER_PYTHON = "$SD_SCRIPTS_PYTHON"
+SCRIPTS = {"sd1": "train_network.py", "sdxl": "sdxl_train_network.py"}
+
+
+def script_name(config: RunConfig) -> str:
+    """The sd-scripts entry point for the config's model family."""
+    return SCRIPTS[config.family]
 
 
 # sd-scripts builds these schedules from --max_train_steps, which a continuation sets to its own length.
@@ -50,16 +57,22 @@ def script_args(config: RunConfig, output_dir: Path, logging_dir: Path, resume: 
     if t.lr_warmup_steps and not schedule:  # with --lr_scheduler_type, sd-scripts refuses --lr_warmup_steps
         args += ["--lr_warmup_steps", str(t.lr_warmup_steps)]
     args += schedule
-    if t.text_encoder_lr:
-        args += ["--text_encoder_lr", _num(t.text_encoder_lr)]
+    args += text_encoder_lr_args(config)
     if not n.train_text_encoder:
         args += ["--network_train_unet_only"]
     if n.dropout:
         args += ["--network_dropout", _num(n.dropout)]
     if c.model.v_parameterization:
         args += ["--v_parameterization"]
-    if c.model.clip_skip:
+    if c.model.clip_skip and c.family == "sd1":  # SDXL always uses the penultimate layer; sd-scripts warns
         args += ["--clip_skip", str(c.model.clip_skip)]
+    if c.family == "sdxl":
+        if t.cache_text_encoder_outputs:
+            args += ["--cache_text_encoder_outputs"]
+        if t.no_half_vae is not False:
+            args += ["--no_half_vae"]
+    elif t.no_half_vae:
+        args += ["--no_half_vae"]
     if t.save_every_n_epochs:
         args += ["--save_every_n_epochs", str(t.save_every_n_epochs)]
     if t.save_every_n_steps:
@@ -83,8 +96,17 @@ def script_args(config: RunConfig, output_dir: Path, logging_dir: Path, resume: 
     return args + list(t.extra_args)
 
 
+def text_encoder_lr_args(config: RunConfig) -> list[str]:
+    """``--text_encoder_lr`` takes one value per text encoder (SDXL: two); unset ones follow the first."""
+    t = config.training
+    first = t.text_encoder_lr
+    if config.family == "sdxl" and t.text_encoder_2_lr and t.text_encoder_2_lr != first:
+        return ["--text_encoder_lr", _num(first or t.learning_rate), _num(t.text_encoder_2_lr)]
+    return ["--text_encoder_lr", _num(first)] if first else []
+
+
 def launcher(config: RunConfig, python: str, scripts_dir: str) -> list[str]:
-    script = str(Path(scripts_dir) / "train_network.py")
+    script = str(Path(scripts_dir) / script_name(config))
     if config.training.num_gpus > 1:
         return [python, "-m", "accelerate.commands.launch", "--num_processes", str(config.training.num_gpus),
                 "--num_machines", "1", script]

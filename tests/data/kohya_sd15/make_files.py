@@ -86,10 +86,15 @@ def prepare() -> tuple[Path, Path]:
 
     build_sd15_random(MODEL)
     PRESET.write_text(PRESET_TEXT)
-    tok = WORK / "tokenizer-cache"
+    return tokenizer_cache_and_dataset(WORK)
+
+
+def tokenizer_cache_and_dataset(work: Path) -> tuple[Path, Path]:
+    """sd-scripts' tokenizer cache (SD 1.x and SDXL tokenizers) and a one-image kohya dataset, in ``work``."""
+    tok = work / "tokenizer-cache"
     subprocess.run([sys.executable, "-m", "trainer", "tokenizer-cache", str(tok)], cwd=REPO, env=ENV, check=True,
                    stdout=subprocess.DEVNULL)
-    data = WORK / "data"
+    data = work / "data"
     sub = data / "1_subject"
     if not (sub / "img.png").exists():
         from PIL import Image, ImageDraw

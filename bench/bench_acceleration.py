@@ -1,0 +1,97 @@
+"""What each generation speed-up of evaluator/acceleration.py gives, side by side in one run: the
+evaluation's images generated eager, with channels_last (UNet and VAE), and with a torch.compile'd UNet
+(after its compile, which is timed on its own), alternating so that a machine's changing load affects
+all alike. (That a LoRA swap compiles nothing more is tested: tests/test_acceleration.py.)
+
+  python bench/bench_acceleration.py                 # demo model, 8 samples x 25 steps, 64 px, CPU
+  python bench/bench_acceleration.py --sd15          # SD-1.5 architecture, random weights, 512 px (GPU)
+  python bench/bench_acceleration.py --no-compile    # skip torch.compile (its compile takes a minute or more)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sd15", action="store_true")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--resolution", type=int, default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args()
+    import torch
+
+    from evaluator.acceleration import accelerate, compile_stats
+    from evaluator.pipeline import GenerationSettings, generate, load_pipeline, pick_device, pick_dtype, set_scheduler
+
+    device = pick_device(args.device)
+    base = "demo:tiny"
+    if args.sd15:
+        from _sd_scripts_helpers import build_sd15_random
+
+        base = str(build_sd15_random(REPO / ".cache" / "sd15-random"))
+    res = args.resolution or (512 if args.sd15 else 64)
+    prompts = ["a red circle on a blue background, sks style", "a yellow square on a green background, sks style"]
+    gen = GenerationSettings.uniform([prompts[i % 2] for i in range(args.samples)], list(range(args.samples)), "",
+                                     args.steps, 7.5, res)
+    dtype = pick_dtype("auto", device)
+
+    def pipeline():
+        pipe = load_pipeline(base, device, dtype)
+        set_scheduler(pipe, "ddim")
+        return pipe
+
+    def timed(pipe) -> float:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        generate(pipe, gen)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    variants = {"eager": pipeline()}
+    cl = pipeline()
+    cl.unet.to(memory_format=torch.channels_last)
+    cl.vae.to(memory_format=torch.channels_last)
+    variants["channels_last"] = cl
+    compile_s = None
+    if not args.no_compile:
+        compiled = pipeline()
+        accelerate(compiled, "cpu", compile=True)  # "cpu": the compile alone, without channels_last
+        t0 = time.perf_counter()
+        generate(compiled, gen)
+        compile_s = time.perf_counter() - t0
+        variants["torch.compile"] = compiled
+    for pipe in variants.values():
+        timed(pipe)  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.repeats):
+        for name, pipe in variants.items():
+            times[name].append(timed(pipe))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    what = "SD-1.5 architecture, random weights" if args.sd15 else "demo model"
+    print(f"{what}: {args.samples} samples x {args.steps} steps, {res} px, {dtype}, {device}; "
+          f"median of {args.repeats}, alternating")
+    for k, v in med.items():
+        print(f"  {k:14s} {v:.3f} s  ({v / med['eager']:.2f}x eager; each: {', '.join(f'{x:.3f}' for x in times[k])})")
+    if compile_s is not None:
+        print(f"  torch.compile: first call (compiling) {compile_s:.1f} s; {compile_stats()} after "
+              f"{args.repeats + 1} more calls")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
