@@ -26,10 +26,19 @@ MODELS = {"params.json": Params, "trainer_status.json": TrainerStatus, "metrics.
           "stop_request.json": StopRequest}
 
 
+def as_a_terminal_starts_it() -> None:
+    """A shell at a terminal starts a command with SIGINT at its default. A test run started as a background
+    job of a non-interactive shell (``make test &``) inherits SIGINT *ignored*, and bash cannot trap a
+    signal that was ignored when it started: Ctrl-C would be tested as if it never came."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def run_pair(*args: str, cwd: Path = REPO_ROOT) -> subprocess.Popen:
     """run_pair.sh in its own session, as a terminal would run it (Ctrl-C goes to its process group)."""
     return subprocess.Popen([str(REPO_ROOT / "run_pair.sh"), *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=as_a_terminal_starts_it)
 
 
 def processes_of(folder: Path) -> list[str]:
