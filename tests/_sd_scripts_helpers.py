@@ -71,6 +71,19 @@ def _fix_keys_in(te_dir: Path) -> bool:
     return changed
 
 
+def tokenizer_cache_and_images(root: Path, train_dir: Path, images: int) -> None:
+    """What an sd-scripts test run needs beside the model: sd-scripts' tokenizer cache in ``root/tok`` (SD 1.x
+    and SDXL tokenizers) and a kohya dataset ``root/data/1_sks`` of the first ``images`` demo circles."""
+    from conftest import run_cli
+
+    run_cli("trainer", "tokenizer-cache", str(root / "tok"))
+    data = root / "data" / "1_sks"
+    data.mkdir(parents=True)
+    for src in sorted((train_dir / "2_circle").glob("*.png"))[:images]:
+        shutil.copy(src, data / src.name)
+        (data / src.with_suffix(".txt").name).write_text("a red circle, sks")
+
+
 def build_sd15_random(dest: Path) -> Path:
     """Build (once) the random SD-1.5 folder at ``dest``. It is built in a temporary sibling folder and renamed
     into place, so a reader never sees a half-written model; an existing folder from before the key fix is

@@ -4,7 +4,6 @@ with random weights built offline. Runs when SD_SCRIPTS_DIR and SD_SCRIPTS_PYTHO
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,16 +25,11 @@ pytestmark = [pytest.mark.sdscripts, pytest.mark.slow, pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, demo_assets):
-    from _sd_scripts_helpers import build_sd15_random
+    from _sd_scripts_helpers import build_sd15_random, tokenizer_cache_and_images
 
     root = tmp_path_factory.mktemp("sdscripts")
     model = build_sd15_random(REPO_ROOT / ".cache" / "sd15-random")
-    run_cli("trainer", "tokenizer-cache", str(root / "tok"))
-    data = root / "data" / "1_sks"
-    data.mkdir(parents=True)
-    for src in sorted((demo_assets.train_dir / "2_circle").glob("*.png"))[:3]:
-        shutil.copy(src, data / src.name)
-        (data / src.with_suffix(".txt").name).write_text("a red circle, sks")
+    tokenizer_cache_and_images(root, demo_assets.train_dir, images=3)
     return root, model
 
 

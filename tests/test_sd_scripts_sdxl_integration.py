@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import pytest
 
@@ -35,16 +34,11 @@ pytestmark = [pytest.mark.sdscripts, pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, demo_assets):
-    from _sd_scripts_helpers import build_sdxl_random
+    from _sd_scripts_helpers import build_sdxl_random, tokenizer_cache_and_images
 
     root = tmp_path_factory.mktemp("sdxl")
     model = build_sdxl_random(REPO_ROOT / ".cache" / "sdxl-random")
-    run_cli("trainer", "tokenizer-cache", str(root / "tok"))
-    data = root / "data" / "1_sks"
-    data.mkdir(parents=True)
-    src = sorted((demo_assets.train_dir / "2_circle").glob("*.png"))[0]
-    shutil.copy(src, data / src.name)
-    (data / src.with_suffix(".txt").name).write_text("a red circle, sks")
+    tokenizer_cache_and_images(root, demo_assets.train_dir, images=1)
     return root, model
 
 

@@ -200,6 +200,20 @@ def describe(path: Path) -> dict:
                                         "ss_epoch", "ss_steps")}}
 
 
+def file_entry(path: Path, here: Path, kind: str, module: str, unet: bool, te: bool,
+               describe_file=None) -> tuple[dict, str]:
+    """A kept file's manifest entry and its row in the README's table (``describe_file``: default ``describe``)."""
+    d = (describe_file or describe)(path)
+    rel = path.relative_to(here).as_posix()
+    entry = {"path": rel, "kind": kind, "network_module": module, "trains_unet": unet, "trains_text_encoder": te,
+             "ss_epoch": int(d["ss_epoch"]), "ss_steps": int(d["ss_steps"]), "keys": d["keys"],
+             "bytes": path.stat().st_size}
+    fam = "<br>".join(f"`{k}` ×{v}" for k, v in d["families"].items())
+    row = (f"| `{rel}` | {kind} | {d['keys']} | {fam} | `{d['ss_network_module']}` | "
+           f"`{d['ss_network_args'] or '-'}` | {d['ss_epoch']} | {d['ss_steps']} | {path.stat().st_size / 1e6:.2f} MB |")
+    return entry, row
+
+
 def package_versions() -> dict[str, str]:
     code = ("import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
             "['torch', 'transformers', 'diffusers', 'accelerate', 'lycoris_lora']}))")
@@ -225,16 +239,9 @@ def write_docs(results: dict[str, dict]) -> None:
             sections.append(f"**Not made.** {res['error']}\n")
             continue
         for path in sorted((HERE / name).glob("*.safetensors")):
-            d = describe(path)
-            rel = path.relative_to(HERE).as_posix()
-            manifest["files"].append({"path": rel, "kind": kind, "network_module": module, "trains_unet": unet,
-                                      "trains_text_encoder": te, "ss_epoch": int(d["ss_epoch"]),
-                                      "ss_steps": int(d["ss_steps"]), "keys": d["keys"],
-                                      "bytes": path.stat().st_size})
-            fam = "<br>".join(f"`{k}` ×{v}" for k, v in d["families"].items())
-            rows.append(f"| `{rel}` | {kind} | {d['keys']} | {fam} | `{d['ss_network_module']}` | "
-                        f"`{d['ss_network_args'] or '-'}` | {d['ss_epoch']} | {d['ss_steps']} | "
-                        f"{path.stat().st_size / 1e6:.2f} MB |")
+            entry, row = file_entry(path, HERE, kind, module, unet, te)
+            manifest["files"].append(entry)
+            rows.append(row)
     (HERE / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     vers = ", ".join(f"{k} {v}" for k, v in versions.items())
     readme = f"""# Real sd-scripts / LyCORIS LoRA files for SD 1.5 (test data)

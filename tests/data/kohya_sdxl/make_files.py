@@ -347,16 +347,9 @@ def write_docs(results: dict[str, dict]) -> None:
             sections.append(f"**Not made.** {res['error']}\n")
             continue
         for path in sorted((HERE / name).glob("*.safetensors")):
-            d = describe(path)
-            rel = path.relative_to(HERE).as_posix()
-            manifest["files"].append({"path": rel, "kind": kind, "network_module": module, "trains_unet": unet,
-                                      "trains_text_encoder": te, "ss_epoch": int(d["ss_epoch"]),
-                                      "ss_steps": int(d["ss_steps"]), "keys": d["keys"],
-                                      "bytes": path.stat().st_size})
-            fam = "<br>".join(f"`{k}` ×{v}" for k, v in d["families"].items())
-            rows.append(f"| `{rel}` | {kind} | {d['keys']} | {fam} | `{d['ss_network_module']}` | "
-                        f"`{d['ss_network_args'] or '-'}` | {d['ss_epoch']} | {d['ss_steps']} | "
-                        f"{path.stat().st_size / 1e6:.2f} MB |")
+            entry, row = sd15.file_entry(path, HERE, kind, module, unet, te, describe)
+            manifest["files"].append(entry)
+            rows.append(row)
         for fname, u in sorted(res.get("untrimmed", {}).items()):
             if fname != f"{name}.safetensors":
                 continue  # the epoch-1 file has the same names
