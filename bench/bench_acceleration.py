@@ -5,6 +5,7 @@ all alike. (That a LoRA swap compiles nothing more is tested: tests/test_acceler
 
   python bench/bench_acceleration.py                 # demo model, 8 samples x 25 steps, 64 px, CPU
   python bench/bench_acceleration.py --sd15          # SD-1.5 architecture, random weights, 512 px (GPU)
+  python bench/bench_acceleration.py --sdxl          # SDXL 1.0 architecture, random weights, 1024 px (GPU)
   python bench/bench_acceleration.py --no-compile    # skip torch.compile (its compile takes a minute or more)
 """
 
@@ -19,14 +20,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
+from _bench_models import MODELS, add_model_arguments, base_for, resolution_for  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sd15", action="store_true")
+    add_model_arguments(ap)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--resolution", type=int, default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-compile", action="store_true")
@@ -34,18 +35,16 @@ def main() -> int:
     import torch
 
     from evaluator.acceleration import accelerate, compile_stats
-    from evaluator.pipeline import GenerationSettings, generate, load_pipeline, pick_device, pick_dtype, set_scheduler
+    from evaluator.pipeline import (GenerationSettings, SizeConditioning, generate, load_pipeline, pick_device,
+                                    pick_dtype, set_scheduler)
 
     device = pick_device(args.device)
-    base = "demo:tiny"
-    if args.sd15:
-        from _sd_scripts_helpers import build_sd15_random
-
-        base = str(build_sd15_random(REPO / ".cache" / "sd15-random"))
-    res = args.resolution or (512 if args.sd15 else 64)
+    base = base_for(args.model)
+    res = resolution_for(args.model, args.resolution)
     prompts = ["a red circle on a blue background, sks style", "a yellow square on a green background, sks style"]
     gen = GenerationSettings.uniform([prompts[i % 2] for i in range(args.samples)], list(range(args.samples)), "",
-                                     args.steps, 7.5, res)
+                                     args.steps, 7.5, res,
+                                     sdxl=SizeConditioning() if args.model.endswith("sdxl") else None)
     dtype = pick_dtype("auto", device)
 
     def pipeline():
@@ -82,8 +81,7 @@ def main() -> int:
         for name, pipe in variants.items():
             times[name].append(timed(pipe))
     med = {k: statistics.median(v) for k, v in times.items()}
-    what = "SD-1.5 architecture, random weights" if args.sd15 else "demo model"
-    print(f"{what}: {args.samples} samples x {args.steps} steps, {res} px, {dtype}, {device}; "
+    print(f"{MODELS[args.model]}: {args.samples} samples x {args.steps} steps, {res} px, {dtype}, {device}; "
           f"median of {args.repeats}, alternating")
     for k, v in med.items():
         print(f"  {k:14s} {v:.3f} s  ({v / med['eager']:.2f}x eager; each: {', '.join(f'{x:.3f}' for x in times[k])})")

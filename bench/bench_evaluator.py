@@ -10,16 +10,20 @@
    completion times (its latency is the wait until its next tick).
 3. A fresh process per checkpoint (`python -m evaluator run` for each new file: loads the pipeline and
    CLIP every time).
-4. The trainer's steps/s alone, and with an evaluator watching its folder on the same device, in
+4. The trainer's steps/s alone, and with an evaluator watching its folder on the same device (on the CPU each
+   gets half the cores, as run_pair.sh gives them), in
    ``concurrent`` and ``pause-trainer`` mode (the pause applies only when both share a GPU; on the CPU
    the two modes are the same run twice, which shows the noise).
 
   python bench/bench_evaluator.py [--checkpoints 4]       # the CPU demo model, 8 samples x 25 steps, 64 px
+  python bench/bench_evaluator.py --model demo-sdxl       # the tiny SDXL-layout demo model, 64 px
   python bench/bench_evaluator.py --sd15                  # SD-1.5 architecture, random weights, 512 px
+  python bench/bench_evaluator.py --sdxl                  # SDXL 1.0 architecture, random weights, 1024 px
   python bench/bench_evaluator.py --sd15 --resolution 64 --steps 2   # the same path, small enough for a CPU
 
-With --sd15 the CLIP for the metrics is a random ViT-B-32 from a local file, and on CUDA the trainer
-trains in bf16 on the GPU.
+With --sd15/--sdxl (= --model sd15/sdxl) the base is built once, offline, under .cache/ (SDXL: 6.5 GB), the
+CLIP for the metrics is a random ViT-B-32 from a local file, and on CUDA the trainer trains in bf16 on the
+GPU (SDXL with gradient checkpointing). bench/gpu_bench.sh runs these on a GPU machine.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
+from _bench_models import MODELS, add_model_arguments, base_for, random_vit_b32, resolution_for  # noqa: E402
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 POLL_PERIOD_S = 30.0
 
@@ -51,41 +57,25 @@ def wait_for(cond, timeout=1800, every=0.01):
     raise TimeoutError
 
 
-def random_vit_b32(dest: Path) -> Path:
-    """A ViT-B-32 CLIP with random weights as a local safetensors file (built once)."""
-    if dest.exists():
-        return dest
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-32", pretrained=None)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, dest)
-    return dest
-
-
 def write_config(tmp: Path, args, name: str = "c", out: str = "src", epochs: int | None = None) -> Path:
     from conftest import write_demo_config
 
     cfg = write_demo_config(tmp / f"{name}.toml", tmp / out, epochs=epochs or args.checkpoints, samples=args.samples,
                             steps=args.steps)
-    if not args.sd15:
-        return cfg
-    import torch
+    text = cfg.read_text().replace("resolution = 64", f"resolution = {args.resolution}")
+    if args.dtype != "auto":
+        text += f'dtype = "{args.dtype}"\n'  # the [evaluation] table is the template's last
+    if args.batch_size:
+        text += f"batch_size = {args.batch_size}\n"
+    text = text.replace('base = "demo:tiny"', f'base = "{base_for(args.model)}"')
+    if args.model in ("sd15", "sdxl"):
+        import torch
 
-    from _sd_scripts_helpers import build_sd15_random
-
-    model = build_sd15_random(REPO / ".cache" / "sd15-random")
-    clip = random_vit_b32(REPO / ".cache" / "clip-vit-b-32-random.safetensors")
-    text = cfg.read_text().replace('base = "demo:tiny"', f'base = "{model}"')
-    text = text.replace("resolution = 64", f"resolution = {args.resolution}")
-    text = text.replace('clip_model = "demo:tiny-clip"', f'clip_model = "ViT-B-32"\nclip_pretrained = "{clip}"')
-    if torch.cuda.is_available():
-        text = text.replace("seed = 42", 'seed = 42\nmixed_precision = "bf16"\ndevice = "cuda"')
+        text = text.replace('clip_model = "demo:tiny-clip"',
+                            f'clip_model = "ViT-B-32"\nclip_pretrained = "{random_vit_b32()}"')
+        if torch.cuda.is_available():
+            text = text.replace("seed = 42", 'seed = 42\nmixed_precision = "bf16"\ndevice = "cuda"'
+                                + ("\ngradient_checkpointing = true" if args.model == "sdxl" else ""))
     cfg.write_text(text)
     return cfg
 
@@ -99,13 +89,16 @@ def trainer_rate(cfg: Path, device: str, sharing: str | None) -> tuple[float, in
 
     folder = Path(load_config(cfg).output.dir)
     ev = None
+    env = ENV
+    if sharing is not None and device == "cpu" and "OMP_NUM_THREADS" not in env:
+        env = {**ENV, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // 2))}  # as run_pair.sh splits them
     if sharing is not None:  # started first, as run_pair.sh does: it loads its models while the trainer starts
         folder.mkdir(parents=True, exist_ok=True)
         ev = subprocess.Popen([sys.executable, "-m", "evaluator", "watch", "--dir", str(folder), "--device", device,
                                "--gpu-sharing", sharing, "--exit-when-done", "--rescan-interval", "1"],
-                              cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        subprocess.run([sys.executable, "-m", "trainer", "run", "--config", str(cfg), "--new"], cwd=REPO, env=ENV,
+        subprocess.run([sys.executable, "-m", "trainer", "run", "--config", str(cfg), "--new"], cwd=REPO, env=env,
                        check=True, capture_output=True)
     finally:
         if ev is not None:
@@ -121,36 +114,51 @@ def trainer_rate(cfg: Path, device: str, sharing: str | None) -> tuple[float, in
     return (last["step"] - first["step"]) / (last["elapsed"] - first["elapsed"]), last["step"]
 
 
-def plain_generation(cfg: Path, device: str):
-    """A function that generates the evaluation's images with a plain pipeline call per batch (models loaded
-    once, here), and a description of what it generates."""
-    import torch
+class PlainGeneration:
+    """The evaluation's images generated by a plain pipeline call per batch, models loaded once, here: the
+    floor a daemon's scoring is compared with."""
 
-    from evaluator.pipeline import _batches, load_pipeline, pick_device, pick_dtype, set_scheduler
-    from evaluator.settings import settings_for
-    from shared.config import load_config
+    def __init__(self, cfg: Path, device: str):
+        from evaluator.pipeline import load_pipeline, pick_device, pick_dtype, set_scheduler
+        from evaluator.settings import settings_for
+        from shared.config import load_config
 
-    settings = settings_for(load_config(cfg))
-    device = pick_device(device)
-    pipe = load_pipeline(settings.base, device, pick_dtype("auto", device))
-    set_scheduler(pipe, settings.scheduler)
-    gen = settings.generation
+        settings = settings_for(load_config(cfg))
+        self.device = pick_device(device)
+        self.pipe = load_pipeline(settings.base, self.device, pick_dtype(settings.dtype, self.device))
+        set_scheduler(self.pipe, settings.scheduler)
+        self.gen = settings.generation
+        first = self.gen.samples[0]
+        self.what = (f"{len(self.gen.samples)} samples x {first.steps} steps, {first.width} px, "
+                     f"CFG {first.guidance_scale}, {self.pipe.unet.dtype}, {self.device}")
+        self.run()  # warm-up
 
-    def once() -> float:
+    def run(self) -> float:
+        """Seconds to generate every sample (the images come back as numpy arrays, so the device is done)."""
+        import torch
+
+        from evaluator.pipeline import _batches
+
         t0 = time.perf_counter()
-        for idx in _batches(gen):
-            specs = [gen.samples[i] for i in idx]
+        for idx in _batches(self.gen):
+            specs = [self.gen.samples[i] for i in idx]
             with torch.no_grad():
-                pipe(prompt=[s.prompt for s in specs], negative_prompt=[s.negative_prompt for s in specs],
-                     num_inference_steps=specs[0].steps, guidance_scale=specs[0].guidance_scale,
-                     height=specs[0].height, width=specs[0].width, output_type="np",
-                     generator=[torch.Generator("cpu").manual_seed(s.seed) for s in specs])
+                self.pipe(prompt=[s.prompt for s in specs], negative_prompt=[s.negative_prompt for s in specs],
+                          num_inference_steps=specs[0].steps, guidance_scale=specs[0].guidance_scale,
+                          height=specs[0].height, width=specs[0].width, output_type="np",
+                          generator=[torch.Generator("cpu").manual_seed(s.seed) for s in specs])
         return time.perf_counter() - t0
 
-    once()  # warm-up
-    what = (f"{len(gen.samples)} samples x {gen.samples[0].steps} steps, {gen.samples[0].width} px, "
-            f"CFG {gen.samples[0].guidance_scale}, {pipe.unet.dtype}, {device}")
-    return once, what
+    def close(self) -> None:
+        """Give the pipeline's memory back, so the trainer runs that follow get the whole device."""
+        import gc
+
+        import torch
+
+        self.pipe = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def main() -> int:
@@ -158,13 +166,16 @@ def main() -> int:
     ap.add_argument("--checkpoints", type=int, default=4)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--sd15", action="store_true", help="SD-1.5 architecture with random weights")
-    ap.add_argument("--resolution", type=int, default=None, help="with --sd15 (default 512)")
+    add_model_arguments(ap)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="evaluation.batch_size, for the daemon and the plain generation alike (default: all at once)")
+    ap.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                    help="the evaluator's and the plain generation's (auto: bf16/fp16 on GPU, fp32 on CPU)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--train-epochs", type=int, default=8, help="epochs of each trainer steps/s run (0: skip them)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
-    args.resolution = args.resolution or (512 if args.sd15 else 64)
+    args.resolution = resolution_for(args.model, args.resolution)
     from shared.jsonio import read_model, write_model
     from shared.records import CheckpointMetrics, EvaluationState, TrainerStatus
     from shared.trial import Trial
@@ -191,7 +202,7 @@ def main() -> int:
     # Each checkpoint in turn: a plain generation here, then the daemon scores the checkpoint (this process
     # idle), then a fresh `evaluator run` process scores it in another trial folder. The three measurements
     # of a checkpoint are adjacent in time, so a machine whose load changes affects them alike.
-    plain_once, plain_what = plain_generation(cfg, args.device)
+    plain_gen = PlainGeneration(cfg, args.device)
     t = fresh_trial("daemon")
     t2 = fresh_trial("per-process")
     subprocess.run([sys.executable, "-m", "evaluator", "run", "--dir", str(t2.root), "--device", args.device],
@@ -223,7 +234,7 @@ def main() -> int:
         wait_for(lambda: fully_scored("baseline"))
         started = time.time()
         for path in ckpts:
-            plain.append(plain_once())
+            plain.append(plain_gen.run())
             time.sleep(1.0)
             tmp_path = t.root / f".{path.name}.part"  # written to a temp name, then renamed: complete at once
             shutil.copy2(path, tmp_path)
@@ -240,6 +251,7 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=120)
+    plain_gen.close()
     polled = [POLL_PERIOD_S - ((v - started) % POLL_PERIOD_S) for v in complete_at.values()]
     timings = [read_model(next(t.evaluations_dir.glob(f"{p.stem}@*")) / "metrics.json", CheckpointMetrics).timings
                for p in ckpts]
@@ -247,8 +259,7 @@ def main() -> int:
     med = statistics.median
     later = slice(1, None) if n > 1 else slice(None)
     ratios = [w / p for w, p in zip(wall, plain)]
-    model = "SD-1.5 architecture, random weights" if args.sd15 else "demo model"
-    print(f"{model}: {n} checkpoints, {plain_what}; {os.cpu_count()} CPU cores (trained in {train_s:.0f} s)")
+    print(f"{MODELS[args.model]}: {n} checkpoints, {plain_gen.what}; {os.cpu_count()} CPU cores (trained in {train_s:.0f} s)")
     print(f"plain diffusers generation of the same images: median {med(plain):.2f} s "
           f"(each: {', '.join(f'{x:.2f}' for x in plain)})")
     print(f"daemon, wall time per fully scored checkpoint (file complete -> report rewritten): first {wall[0]:.2f} s, "
@@ -276,7 +287,8 @@ def main() -> int:
         alone = rates["alone"]
         print(f"trainer steps/s ({steps} steps, evaluator on {device}): "
               + "; ".join(f"{k} {v:.2f} ({v / alone:.2f}x)" for k, v in rates.items())
-              + ("" if device.startswith("cuda") else " [on the CPU the pause does not apply: both modes share]"))
+              + ("" if device.startswith("cuda") else " [CPU: alone on every core; with the evaluator each gets half,"
+                                                        " as under run_pair.sh; the pause applies to a shared GPU only]"))
     if args.keep:
         print(f"kept {tmp} (daemon log: {log_path})")
     else:

@@ -1,7 +1,9 @@
 """Filesystem events only wake the daemon; what to do is decided by scanning the folders.
 
 watchdog handlers never touch the disk themselves: they set an event when a ``.safetensors`` file or
-a ``params.json`` is created, moved or modified. A periodic rescan covers missed events, and
+a ``params.json`` is created, moved, modified or deleted. Opening and reading do not count: the scan that
+an event starts opens every checkpoint to read its header, and if that woke the daemon again it would
+scan for ever (it did: an idle daemon took a whole core). A periodic rescan covers missed events, and
 ``--polling`` swaps in watchdog's PollingObserver for network filesystems.
 """
 
@@ -10,10 +12,16 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (DirDeletedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent,
+                             FileModifiedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler)
 
 INTERESTING_SUFFIXES = (".safetensors",)
 INTERESTING_NAMES = ("params.json", "trainer_status.json")
+#: Events that can make a checkpoint appear, change or go; "closed" is a close after writing. Never "opened"
+#: or "closed_no_write", which the daemon's own reads cause.
+WAKING_EVENTS = (FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileClosedEvent, FileDeletedEvent,
+                 DirMovedEvent, DirDeletedEvent)
+WAKING_TYPES = frozenset(cls.event_type for cls in WAKING_EVENTS)
 
 
 class WakeOnCheckpoint(FileSystemEventHandler):
@@ -22,6 +30,8 @@ class WakeOnCheckpoint(FileSystemEventHandler):
         self.events = 0
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in WAKING_TYPES:  # also when an observer does not apply event_filter
+            return
         for p in (event.src_path, getattr(event, "dest_path", "") or ""):
             name = Path(str(p)).name
             if name.endswith(INTERESTING_SUFFIXES) or name in INTERESTING_NAMES:
@@ -40,7 +50,7 @@ def start_observer(root: Path, wake: threading.Event, polling: bool, poll_interv
         from watchdog.observers import Observer
 
         observer = Observer()
-    observer.schedule(WakeOnCheckpoint(wake), str(root), recursive=True)
+    observer.schedule(WakeOnCheckpoint(wake), str(root), recursive=True, event_filter=list(WAKING_EVENTS))
     observer.daemon = True
     observer.start()
     return observer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -222,16 +223,32 @@ def _sdxl_kwargs(pipe, specs: list[SampleSpec]) -> dict:
             "negative_crops_coords_top_left": first.crops_coords_top_left or (0, 0)}
 
 
+#: Per loaded pipeline, the batch size that fitted in GPU memory, per batch key (learned from OOMs).
+_BATCH_LIMITS: "weakref.WeakKeyDictionary[object, dict[tuple, int]]" = weakref.WeakKeyDictionary()
+
+
+def _within_limits(batches: list[list[int]], settings: GenerationSettings, limits: dict[tuple, int]) -> list[list[int]]:
+    """``batches`` split to the batch sizes that fitted in GPU memory before (per batch key)."""
+    out: list[list[int]] = []
+    for idx in batches:
+        limit = limits.get(settings.samples[idx[0]].batch_key(), len(idx))
+        out += [idx[i:i + limit] for i in range(0, len(idx), limit)]
+    return out
+
+
 def generate(pipe, settings: GenerationSettings) -> tuple[list[np.ndarray], list[bool]]:
-    """All samples in as few batches as memory allows; on CUDA OOM the batch is halved and retried.
+    """All samples in as few batches as memory allows. On CUDA OOM the batch is halved and retried, and the
+    pipeline remembers the size that fitted, so later checkpoints do not run out of memory again first.
     Sample i's noise comes from its own CPU generator seeded with its seed, so it is the same in any batch."""
     import torch
 
     images: list[np.ndarray | None] = [None] * len(settings.samples)
     nsfw: list[bool] = [False] * len(settings.samples)
+    limits = _BATCH_LIMITS.setdefault(pipe, {})
     pending = _batches(settings)
     while pending:
-        idx = pending.pop(0)
+        idx, *rest = _within_limits([pending.pop(0)], settings, limits)
+        pending[:0] = rest
         specs = [settings.samples[i] for i in idx]
         first = specs[0]
         try:
@@ -243,8 +260,9 @@ def generate(pipe, settings: GenerationSettings) -> tuple[list[np.ndarray], list
             torch.cuda.empty_cache()
             if len(idx) == 1:
                 raise EpochscopeError("out of GPU memory even with batch size 1") from None
-            half = len(idx) // 2
-            log.warning("out of GPU memory: retrying with batch size %d", half)
+            half = (len(idx) + 1) // 2
+            limits[first.batch_key()] = half
+            log.warning("out of GPU memory with %d images a batch: %d from now on", len(idx), half)
             pending[:0] = [idx[:half], idx[half:]]
             continue
         flags = getattr(out, "nsfw_content_detected", None) or [False] * len(idx)

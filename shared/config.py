@@ -126,7 +126,8 @@ class EvaluationConfig(_Section):
     steps: int = Field(25, ge=1, le=1000)
     guidance_scale: float = Field(7.5, ge=0)
     resolution: int | None = Field(None, ge=32, le=4096, description="Default: dataset.resolution.")
-    batch_size: int | None = Field(None, ge=1, description="Default: all samples in one batch.")
+    batch_size: int | None = Field(None, ge=1, description="Default: all samples in one batch; out of GPU "
+                                      "memory, the evaluator halves it and keeps the size that fitted.")
     scheduler: Literal["ddim", "euler", "dpmsolver"] = "ddim"
     references_dir: str | None = Field(None, description="Reference images; default: validation_dir.")
     clip_model: str = Field("demo:tiny-clip", description="open_clip architecture name, 'hf-hub:org/name', "

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,6 +86,35 @@ def test_chunked_checkpoint_is_not_scored_before_its_last_byte(tmp_path, trained
     assert proc.returncode == 0, out
     entries = [e for e in _state(t).entries.values() if e.name == "lora-000002"]
     assert len(entries) == 1 and entries[0].status == "done" and entries[0].fingerprint.size == len(data)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads a process's CPU time from /proc (Linux)")
+def test_an_idle_daemon_sleeps_and_still_sees_a_new_checkpoint(tmp_path, trained_trial):
+    """Its scan opens every checkpoint to read the header; those opens must not wake it again (they did, and
+    an idle daemon took a whole core from the trainer beside it)."""
+    t = copy_trial(trained_trial, tmp_path / "trial_0001")
+    _set_state(t, "running")
+    proc = _watch(t.root)
+    try:
+        _wait(lambda: sum(e.status == "done" for e in _state(t).entries.values()) == 4, what="everything scored")
+        time.sleep(1.0)  # the background writer's last files
+        before = _cpu_seconds(proc.pid)
+        time.sleep(4.0)
+        idle = _cpu_seconds(proc.pid) - before
+        assert idle < 0.8, f"an idle daemon used {idle:.2f} s of CPU in 4 s"
+        tmp = t.root / ".copy.tmp"  # written aside, renamed into place: one "moved" event
+        shutil.copy2(t.checkpoint_path("lora"), tmp)
+        os.replace(tmp, t.checkpoint_path("lora-000009"))  # the same bytes: recorded under the new name
+        _wait(lambda: any(e.name == "lora-000009" for e in _state(t).entries.values()), timeout=60,
+              what="the new checkpoint to be picked up")
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def test_kill_9_mid_evaluation_then_restart_scores_each_exactly_once(tmp_path, trained_trial):

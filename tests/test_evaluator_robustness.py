@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -215,3 +216,40 @@ def test_run_mode_says_corrupt_or_incomplete_and_removes_leftover_temp_files(tmp
     assert "lora-000005.safetensors is incomplete" in out.stderr
     assert "lora-000006.safetensors is corrupt" in out.stderr
     assert not leftover.exists()
+
+
+class _PipelineWithLittleMemory:
+    """The real demo pipeline behind a GPU that holds ``fits`` images a batch: a bigger batch raises CUDA's
+    out-of-memory error, as a real card would (no GPU here to run out of)."""
+
+    def __init__(self, pipe, fits: int):
+        self._pipe, self.fits, self.batches = pipe, fits, []
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def __call__(self, **kw):
+        n = len(kw["generator"])
+        self.batches.append(n)
+        if n > self.fits:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (planted)")
+        return self._pipe(**kw)
+
+
+def test_after_an_out_of_memory_the_batch_size_that_fitted_is_kept_and_images_do_not_change(demo_assets, caplog):
+    from evaluator.pipeline import GenerationSettings, generate, load_pipeline, set_scheduler
+
+    pipe = load_pipeline("demo:tiny", "cpu", torch.float32)
+    set_scheduler(pipe, "ddim")
+    gen = GenerationSettings.uniform(["a red circle on a blue background, sks style"] * 8, list(range(8)), "", 2, 5.0, 64)
+    reference, _ = generate(pipe, gen)
+    small = _PipelineWithLittleMemory(pipe, fits=3)
+    first, _ = generate(small, gen)
+    assert small.batches == [8, 4, 2, 2, 2, 2]  # halved until it fitted, then kept for the rest
+    assert "out of GPU memory with 8 images a batch: 4 from now on" in caplog.text
+    small.batches.clear()
+    second, _ = generate(small, gen)  # the next checkpoint starts at the size that fitted
+    assert small.batches == [2, 2, 2, 2]
+    for a, b, c in zip(reference, first, second):
+        np.testing.assert_allclose(a, b, atol=1e-5)  # each sample's noise is its own: same image in any batch
+        np.testing.assert_allclose(a, c, atol=1e-5)
