@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run on a GPU machine (the device tool; its image has torch, transformers and peft, and bench/gpu_wheels.sh
 # brings the rest as wheels in .whl/): installs the wheels, then runs one part of the GPU measurements,
-# each well inside the tool's 10 minutes a command, logging to $OUT/<part>.log.
+# each sized to finish inside the tool's 10 minutes a command (an estimate until a GPU has run them),
+# logging to $OUT/<part>.log.
 #
 #   bench/gpu_bench.sh sd15          # bench_evaluator.py --sd15: daemon vs plain generation, fresh process, trainer steps/s
 #   bench/gpu_bench.sh acceleration  # bench_acceleration.py --sd15: eager / channels_last / torch.compile
