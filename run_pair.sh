@@ -125,7 +125,7 @@ if [ -n "$eval_gpu" ]; then
   eval_args=(--device cuda:0)   # cuda:0 of its own CUDA_VISIBLE_DEVICES
   case ",$train_gpus," in *",$eval_gpu,"*) eval_args+=(--gpu-sharing "$SHARING") ;; esac
 elif [ -z "$train_gpus" ] && [ -z "${OMP_NUM_THREADS:-}" ]; then
-  # Both on the CPU: split the cores, or each oversubscribes them and both crawl (6.5x slower).
+  # Both on the CPU: split the cores, or each oversubscribes them and both crawl (the demo: 8x slower).
   cores=$(nproc 2>/dev/null || echo 2)
   export OMP_NUM_THREADS=$(( cores / 2 > 0 ? cores / 2 : 1 ))
 fi
