@@ -37,6 +37,8 @@ from shared.errors import EpochscopeError, FileFormatError
 from shared.jsonio import read_model_or_none, write_model
 from shared.liveness import trainer_done
 from shared.records import EvalEntry, EvaluationSummary, StopRequest, TrainerStatus
+from shared.safetensors_info import SafetensorsInfo
+from shared.stat_cache import StatCache
 from shared.trial import BASELINE, CheckpointFile, Trial
 
 log = logging.getLogger("epochscope.evaluator")
@@ -125,6 +127,7 @@ class Daemon:
         self.refused: set[Path] = set()
         self.locked: dict[Path, float] = {}  # trial -> when it was last found locked by another evaluator
         self.fingerprints = FingerprintCache()
+        self.headers: StatCache[SafetensorsInfo] = StatCache()  # complete checkpoints' headers
         self.wake = threading.Event()
         self.stopping = False
         self._signals = 0
@@ -221,7 +224,8 @@ class Daemon:
         if (base_entry.status != "done" and not s.in_flight(BASELINE_KEY)) or (
                 self.opt.force and BASELINE_KEY not in s.forced):
             s.forced.add(BASELINE_KEY)
-            self._run(s, base_entry, None, self._waiting(s, scan(s.trial.root, s.source.output_name).ready))
+            ready = scan(s.trial.root, s.source.output_name, self.headers).ready
+            self._run(s, base_entry, None, self._waiting(s, ready))
             ran += 1
         ready = self._ready_checkpoints(s)
         for i, ckpt in enumerate(ready):
@@ -287,7 +291,7 @@ class Daemon:
 
     def _ready_checkpoints(self, s: _Served) -> list[CheckpointFile]:
         """Complete checkpoints in training order; incomplete/corrupt ones are timed out into failures."""
-        found: Scan = scan(s.trial.root, s.source.output_name)
+        found: Scan = scan(s.trial.root, s.source.output_name, self.headers)
         for path in found.pickles + found.foreign:
             if path not in s.reported:
                 s.reported.add(path)
@@ -464,7 +468,7 @@ class Daemon:
                 return False
         if s.incomplete or s.pending:
             return False
-        ready = scan(trial.root, s.source.output_name).ready
+        ready = scan(trial.root, s.source.output_name, self.headers).ready
         for ckpt in ready:
             there, entry = self._entry_of(s, ckpt)
             if there and (entry is None or entry.status not in ("done", "failed")):

@@ -23,6 +23,7 @@ from shared.errors import EpochscopeError
 from shared.folder_lock import FolderLock
 from shared.jsonio import read_model_or_none, write_model
 from shared.records import EvalEntry, EvaluationState, Fingerprint, utcnow
+from shared.stat_cache import StatCache
 from shared.trial import Trial
 
 BASELINE_KEY = "baseline"
@@ -38,19 +39,13 @@ def fingerprint(path: Path, chunk: int = 1 << 20) -> Fingerprint:
 
 
 class FingerprintCache:
-    """Hash a file once per (size, mtime): rescans every few seconds must not reread big files."""
+    """Hash a file once per version: rescans every few seconds must not reread big files."""
 
     def __init__(self) -> None:
-        self._cache: dict[Path, tuple[int, int, Fingerprint]] = {}
+        self._cache: StatCache[Fingerprint] = StatCache()
 
     def get(self, path: Path) -> Fingerprint:
-        st = os.stat(path)
-        hit = self._cache.get(path)
-        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-            return hit[2]
-        fp = fingerprint(path)
-        self._cache[path] = (st.st_size, st.st_mtime_ns, fp)
-        return fp
+        return self._cache.get(path, fingerprint)
 
 
 class Ledger:

@@ -71,3 +71,60 @@ def test_header_with_bad_offsets_is_corrupt(tmp_path):
     header = json.dumps({"t": {"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}}).encode()
     (tmp_path / "b.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
     assert inspect(tmp_path / "b.safetensors").completeness is Completeness.CORRUPT
+
+
+def test_a_stat_cache_computes_once_per_version_of_a_file(tmp_path):
+    import os
+
+    import pytest
+
+    from shared.stat_cache import StatCache
+
+    calls = []
+
+    def compute(p):
+        calls.append(p)
+        return p.read_bytes()
+
+    cache: StatCache[bytes] = StatCache()
+    path = tmp_path / "a.safetensors"
+    path.write_bytes(b"one")
+    assert cache.get(path, compute) == b"one" and cache.get(path, compute) == b"one"
+    assert len(calls) == 1
+    path.write_bytes(b"two")  # same size, rewritten in place: a new mtime
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 1_000_000))
+    assert cache.get(path, compute) == b"two" and len(calls) == 2
+    other = tmp_path / "b.tmp"
+    other.write_bytes(b"six")
+    st = os.stat(path)
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime, another inode
+    os.replace(other, path)
+    assert cache.get(path, compute) == b"six" and len(calls) == 3
+    assert cache.get(path, compute, keep=lambda v: False) == b"six" and len(calls) == 3  # a cached value stays
+    path.write_bytes(b"sev")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000))
+    cache.get(path, compute, keep=lambda v: False)
+    cache.get(path, compute, keep=lambda v: False)
+    assert len(calls) == 5  # not kept: computed each time
+    path.unlink()
+    with pytest.raises(FileNotFoundError):
+        cache.get(path, compute)
+
+
+def test_a_scan_parses_a_complete_header_once_and_an_incomplete_one_each_time(tmp_path, monkeypatch):
+    import evaluator.discovery as discovery
+    from shared.stat_cache import StatCache
+
+    data = _make(tmp_path / "lora-000001.safetensors", ss_output_name="lora")
+    (tmp_path / "lora-000002.safetensors").write_bytes(data[: len(data) // 2])  # still being written
+    parsed = []
+    monkeypatch.setattr(discovery, "inspect", lambda p: parsed.append(p.name) or inspect(p))
+    headers = StatCache()
+    for _ in range(3):
+        found = discovery.scan(tmp_path, "lora", headers)
+        assert [c.path.name for c in found.ready] == ["lora-000001.safetensors"]
+        assert [p.name for p, _ in found.not_ready] == ["lora-000002.safetensors"]
+    assert parsed.count("lora-000001.safetensors") == 1 and parsed.count("lora-000002.safetensors") == 3
+    (tmp_path / "lora-000002.safetensors").write_bytes(data)  # finished
+    assert [c.path.name for c in discovery.scan(tmp_path, "lora", headers).ready] == [
+        "lora-000001.safetensors", "lora-000002.safetensors"]
