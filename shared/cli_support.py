@@ -73,7 +73,8 @@ def build_parser(prog: str, description: str, commands: dict[str, str]) -> tuple
     for name, module_name in commands.items():
         module = importlib.import_module(module_name)
         doc = (module.__doc__ or "").strip()
-        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc or None,
+        summary = " ".join(doc.split("\n\n")[0].split())  # the first paragraph, however it wraps
+        p = sub.add_parser(name, help=summary or None, description=doc or None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         runners[name] = module.run
