@@ -16,11 +16,19 @@ def crc32c(data: bytes) -> int:
 
 def install() -> bool:
     """Make ``tensorboard``'s record writer use the C CRC (it looks ``crc32c`` up in its stub module at
-    each call). False when tensorboard has no such stub (a TensorFlow install checksums in C already)."""
+    each call). False when tensorboard has no such stub (a TensorFlow install checksums in C already), or
+    when google-crc32c could not load its C extension (1.5 needs ``pkg_resources``, gone from setuptools
+    82) and is pure Python itself."""
+    import warnings
+
     try:
-        import google_crc32c  # noqa: F401 - present, or keep tensorboard's own CRC
+        with warnings.catch_warnings():  # its pure-Python fallback warns; we then keep tensorboard's own CRC
+            warnings.simplefilter("ignore", RuntimeWarning)
+            import google_crc32c
         from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
     except ImportError:
+        return False
+    if getattr(google_crc32c, "implementation", "c") != "c":
         return False
     if not hasattr(pywrap_tensorflow, "crc32c"):
         return False

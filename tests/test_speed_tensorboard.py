@@ -39,6 +39,19 @@ def test_crc32c_check_value():
     assert tensorboard_crc.crc32c(b"123456789") == 0xE3069283  # the CRC-32C catalogue's check value
 
 
+def test_the_crc_is_swapped_only_for_google_crc32cs_c_extension(monkeypatch):
+    """google-crc32c without its C extension (1.5 beside setuptools >= 82) is no faster: keep tensorboard's."""
+    import google_crc32c
+    from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+
+    monkeypatch.setattr(pywrap_tensorflow, "crc32c", pywrap_tensorflow.crc32c)  # restored after the test
+    own = pywrap_tensorflow.crc32c
+    monkeypatch.setattr(google_crc32c, "implementation", "python")
+    assert tensorboard_crc.install() is False and pywrap_tensorflow.crc32c is own
+    monkeypatch.setattr(google_crc32c, "implementation", "c")
+    assert tensorboard_crc.install() is True and pywrap_tensorflow.crc32c is tensorboard_crc.crc32c
+
+
 def test_one_writer_per_trial_flushed_after_each_checkpoint(tmp_path):
     trial = Trial(tmp_path / "trial_0001")
     logdir = trial.logs_dir / "evaluator"

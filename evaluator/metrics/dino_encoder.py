@@ -130,6 +130,7 @@ def _create(model: str, pretrained: str | None) -> tuple[Any, str, int]:
     if not timm.is_model(arch):
         raise EpochscopeError(f"evaluation.dino_model: {model!r} is not a timm architecture (e.g. "
                               "'vit_small_patch14_dinov2') nor 'hf-hub:org/name'")
-    net = timm.create_model(model, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, num_classes=0,
-                            img_size=IMAGE_SIZE)
+    # custom_load off: some default configs (augreg .npz) would hand our safetensors file to np.load
+    overlay = {"file": str(path), "custom_load": False}
+    net = timm.create_model(model, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0, img_size=IMAGE_SIZE)
     return net, f"{model}/{path.name}", IMAGE_SIZE
