@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluator import summary as summaries
+from evaluator import tensorboard_log
 from evaluator.acceleration import compile_stats
 from evaluator.background_writer import BackgroundWriter, Job
 from evaluator.discovery import Discovery, Scan, Source, problem_word, scan
@@ -55,6 +56,7 @@ class Options:
     wait_lock: bool = False
     once: bool = False  # `evaluator run`: one pass, no waiting for incomplete files
     force: bool = False  # re-score versions already done
+    retry_failed: bool = False  # score again the versions recorded failed (quarantined ones too)
     root_idle_exit: float = 30.0
     idle_exit: float = 300.0  # a folder without a trainer is done after this long with nothing new
     max_attempts: int = 2  # a version that crashed the evaluator this often is quarantined
@@ -221,8 +223,8 @@ class Daemon:
     def _cycle_trial(self, s: _Served) -> int:
         ran = 0
         base_entry = s.ledger.ensure(BASELINE, None, None, key=BASELINE_KEY)
-        if (base_entry.status != "done" and not s.in_flight(BASELINE_KEY)) or (
-                self.opt.force and BASELINE_KEY not in s.forced):
+        if (base_entry.status not in ("done", "failed") and not s.in_flight(BASELINE_KEY)) or (
+                self._forced(base_entry) and BASELINE_KEY not in s.forced):
             s.forced.add(BASELINE_KEY)
             ready = scan(s.trial.root, s.source.output_name, self.headers).ready
             self._run(s, base_entry, None, self._waiting(s, ready))
@@ -243,7 +245,7 @@ class Daemon:
                 if not self.opt.force and self._already_scored(s, ckpt, fp):
                     continue
                 entry = s.ledger.ensure(ckpt.stem, ckpt.path.name, fp)
-            forced = self.opt.force and entry.key not in s.forced
+            forced = self._forced(entry) and entry.key not in s.forced
             if entry.status in ("done", "failed") and not forced:
                 if entry.status == "done":  # bytes put back to a scored version: show its results again
                     summaries.show_version(s.trial, ckpt.stem, ckpt.path.name, fp.short, SCORE_RULE)
@@ -253,13 +255,17 @@ class Daemon:
             ran += 1
         return ran
 
+    def _forced(self, entry: EvalEntry) -> bool:
+        """Whether this pass scores ``entry`` again although it has an outcome (--force, --retry-failed)."""
+        return self.opt.force or (self.opt.retry_failed and entry.status == "failed")
+
     def _waiting(self, s: _Served, ready: list[CheckpointFile]) -> int:
         """How many of ``ready`` still wait to be scored (for the log: the backlog behind the one in hand)."""
         n = 0
         for ckpt in ready:
             there, entry = self._entry_of(s, ckpt)
             n += there and (entry is None or (entry.status not in ("done", "failed") and not s.in_flight(entry.key))
-                            or (self.opt.force and entry.key not in s.forced))
+                            or (self._forced(entry) and entry.key not in s.forced))
         return n
 
     def _entry_of(self, s: _Served, ckpt: CheckpointFile) -> tuple[bool, EvalEntry | None]:
@@ -285,8 +291,12 @@ class Daemon:
     def _previous(self, s: _Served, name: str, step: int | None, epoch: int | None) -> str | None:
         """The results folder of the checkpoint just before this one in training order, among those scored
         (including those whose files are still being written)."""
-        ordered = [e for e in s.summary_now().ordered() if e.checkpoint != name]
-        before = [e for e in ordered if e.step is not None and step is not None and (e.step, e.epoch or 0) < (step, epoch or 0)]
+        def earlier(e) -> bool:
+            if e.step is not None and step is not None:
+                return (e.step, e.epoch or 0) < (step, epoch or 0)
+            return e.epoch is not None and epoch is not None and e.epoch < epoch  # files without a step
+
+        before = [e for e in s.summary_now().ordered() if e.checkpoint != name and earlier(e)]
         return (before[-1].results_dir or before[-1].checkpoint) if before else None
 
     def _ready_checkpoints(self, s: _Served) -> list[CheckpointFile]:
@@ -346,6 +356,11 @@ class Daemon:
             if previous is not None and previous not in s.ctx.samples_cache and s.writing(previous):
                 self.writer.drain()  # its samples are read back from its files: let them be written first
             result = score(models, s.ctx, entry.name, path, entry.fingerprint, epoch, step, previous)
+            if path is not None and self.fingerprints.get(path).sha256 != entry.fingerprint.sha256:
+                self._finish(s, entry, f"{what} was replaced while being scored", summary=False)
+                log.warning("%s: %s was replaced while being scored; its new version is scored next",
+                            s.trial.name, what)
+                return
         except FileNotFoundError as e:
             self._finish(s, entry, f"{what} disappeared while being scored: {e}", summary=False)
             log.warning("%s: %s disappeared while being scored", s.trial.name, what)
@@ -515,8 +530,10 @@ class Daemon:
         try:
             log.info("evaluator watching %s on %s", self.root, self.device or "the device its config names")
             while not self.stopping:
-                self.cycle()
+                ran = self.cycle()
                 if self.opt.once:
+                    while ran and not self.stopping:  # what changed during the pass (a file replaced) too
+                        ran = self.cycle()
                     if not self.served and self.mode() is None:
                         raise EpochscopeError(f"--dir {self.root}: no trial, sweep root or checkpoint there")
                     return 0
@@ -555,10 +572,11 @@ def _status(trial: Trial) -> TrainerStatus | None:
 
 def _remove_leftover_temp_files(trial: Trial) -> int:
     """Atomic writes go through ``.<name>.<random>.tmp`` beside the target; a killed writer leaves one.
-    Only the evaluator writes under realtime_evaluations/, and it holds the trial's lock here."""
-    removed = 0
+    Only the evaluator writes under realtime_evaluations/ and logs/evaluator/, and it holds the trial's lock
+    here."""
+    removed = tensorboard_log.remove_leftover_temp_files(trial)  # logs/evaluator/ (and a rewrite to finish)
     if not trial.evaluations_dir.is_dir():
-        return 0
+        return removed
     for p in trial.evaluations_dir.rglob(".*.tmp"):
         if p.is_file():
             p.unlink(missing_ok=True)

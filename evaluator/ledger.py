@@ -111,7 +111,7 @@ class Ledger:
                     continue
                 if e.attempts >= max_attempts:
                     e.status, e.finished_at = "failed", utcnow()
-                    e.error = (f"crashed the evaluator {e.attempts} times (quarantined; `evaluator run --force` "
+                    e.error = (f"crashed the evaluator {e.attempts} times (quarantined; `evaluator run --retry-failed` "
                                "retries it)")
                     quarantined.append(e)
                 else:

@@ -18,6 +18,7 @@ a key is either applied or named in the error, never dropped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -57,13 +58,19 @@ class ModuleAdapter:
         return float(a) if a is not None and float(a) != 0 else float(rank)
 
     def delta(self, shape: torch.Size) -> torch.Tensor:
-        """dW at scale 1 (float32), shaped like the module's weight."""
+        """dW at scale 1 (float32), shaped like the module's weight; CheckpointError if it does not fit."""
         p = {k: v.float() for k, v in self.parts.items()}
         if self.kind == "lora":
-            return _lora_delta(p, shape, self.alpha)
-        if self.kind == "loha":
-            return _loha_delta(p, shape, self.alpha)
-        return _lokr_delta(p, shape, self.alpha)
+            delta = _lora_delta(p, shape, self.alpha)
+        elif self.kind == "loha":
+            delta = _loha_delta(p, shape, self.alpha)
+        else:
+            delta = _lokr_delta(p, shape, self.alpha)
+        if not _fits(self.kind, delta.shape, shape):
+            raise CheckpointError(f"{self.name}: its {_KIND_NAMES[self.kind]} makes a {_dims(delta.shape)} weight "
+                                  f"change ({self.shapes()}), but the layer's weight is {_dims(shape)} "
+                                  f"({_layer_words(shape)}); nothing was applied: was it trained for another model?")
+        return delta.reshape(shape)
 
     def merged(self, weight: torch.Tensor, scale: float) -> torch.Tensor:
         """The new weight (float32) for ``weight`` at user scale ``scale``."""
@@ -73,6 +80,56 @@ class ModuleAdapter:
             return w + scale * delta
         full = _weight_decompose(w + delta, self.parts["dora_scale"].float().to(w.device))
         return w + scale * (full - w)
+
+    def shapes(self) -> str:
+        """'lora_down (2, 16), lora_up (64, 2)': the file's tensor shapes, for messages."""
+        return ", ".join(f"{k.removesuffix('.weight')} {tuple(v.shape)}"
+                         for k, v in sorted(self.parts.items()) if k != "alpha")
+
+    def check_fits(self, shape: torch.Size) -> None:
+        """Raise CheckpointError, naming the module and both shapes, unless this module's weights fit a layer
+        whose weight has ``shape``. Runs the merge itself on shape-only (meta) tensors, so it checks exactly
+        what ``merged`` will do, costs no memory and changes nothing."""
+        meta = ModuleAdapter(self.name, self.kind,
+                             {k: v if k == "alpha" else v.to("meta") for k, v in self.parts.items()})
+        try:
+            meta.merged(torch.empty(tuple(shape), device="meta"), 1.0)
+        except (RuntimeError, KeyError, IndexError, ValueError, NotImplementedError) as e:
+            raise CheckpointError(f"{self.name}: its {_KIND_NAMES[self.kind]} weights ({self.shapes()}) do not fit "
+                                  f"the layer's {_dims(shape)} weight ({_layer_words(shape)}): "
+                                  f"{type(e).__name__}: {e}; nothing was applied: was it trained for another "
+                                  "model?") from None
+
+
+_KIND_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr"}
+
+
+def _dims(shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def _layer_words(shape) -> str:
+    if len(shape) == 4:
+        return f"out {shape[0]}, in {shape[1]}, kernel {shape[2]}x{shape[3]}"
+    if len(shape) == 2:
+        return f"out {shape[0]}, in {shape[1]}"
+    return f"{len(shape)}-d"
+
+
+def _fits(kind: str, got: torch.Size, layer: torch.Size) -> bool:
+    """Whether a weight change of shape ``got`` is one for a layer whose weight has shape ``layer``: the same
+    out features, in features and kernel. A linear layer and a 1x1 conv are the same matrix (either shape fits
+    either layer); LoHa and LoKr factors of a k x k conv may be stored flattened, (out, in * k * k), as
+    LyCORIS writes them. Never a match of element counts alone."""
+    got, layer = tuple(got), tuple(layer)
+    if got == layer:
+        return True
+    if len(layer) not in (2, 4) or len(got) not in (2, 4) or got[0] != layer[0]:
+        return False
+    pointwise = lambda s: all(k == 1 for k in s[2:])  # noqa: E731 - linear, or a 1x1 conv
+    if pointwise(got) and pointwise(layer) and got[1] == layer[1]:
+        return True
+    return kind != "lora" and len(got) == 2 and got[1] == math.prod(layer[1:])
 
 
 def _lora_delta(p: dict[str, torch.Tensor], shape: torch.Size, alpha) -> torch.Tensor:
@@ -87,7 +144,7 @@ def _lora_delta(p: dict[str, torch.Tensor], shape: torch.Size, alpha) -> torch.T
         delta = torch.einsum("or,rikl->oikl", up.flatten(1), down)
     else:
         delta = up.flatten(1) @ down.flatten(1)
-    return delta.reshape(shape) * (alpha(rank) / rank)
+    return delta * (alpha(rank) / rank)
 
 
 def _rebuild_tucker(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
@@ -101,7 +158,9 @@ def _loha_delta(p: dict[str, torch.Tensor], shape: torch.Size, alpha) -> torch.T
         m1, m2 = _rebuild_tucker(p["hada_t1"], w1a, w1b), _rebuild_tucker(p["hada_t2"], w2a, w2b)
     else:
         m1, m2 = w1a @ w1b, w2a @ w2b
-    return (m1 * m2).reshape(shape) * (alpha(rank) / rank)
+    if m1.shape != m2.shape:  # never broadcast one factor over the other
+        raise ValueError(f"its two Hadamard factors are {_dims(m1.shape)} and {_dims(m2.shape)}")
+    return (m1 * m2) * (alpha(rank) / rank)
 
 
 def _lokr_delta(p: dict[str, torch.Tensor], shape: torch.Size, alpha) -> torch.Tensor:
@@ -123,7 +182,7 @@ def _lokr_delta(p: dict[str, torch.Tensor], shape: torch.Size, alpha) -> torch.T
     if w2.dim() == 4 and w1.dim() == 2:
         w1 = w1.unsqueeze(2).unsqueeze(2)
     factor = alpha(rank) / rank if rank is not None else 1.0
-    return torch.kron(w1, w2).reshape(shape) * factor
+    return torch.kron(w1.contiguous(), w2.contiguous()) * factor  # kron views its inputs: a Tucker w2 is not
 
 
 def _weight_decompose(weight: torch.Tensor, dora_scale: torch.Tensor) -> torch.Tensor:
@@ -176,6 +235,7 @@ def parse_network(state: Mapping[str, torch.Tensor]) -> dict[str, ModuleAdapter]
                               f"(first: {unknown[0]}); nothing was applied")
     if not by_module:
         raise CheckpointError("no network weights in this file (no lora_down/hada_/lokr_ keys)")
+    _check_dtypes(by_module)
     adapters: dict[str, ModuleAdapter] = {}
     for module, parts in by_module.items():
         kind = network_kind(set(parts))
@@ -183,6 +243,28 @@ def parse_network(state: Mapping[str, torch.Tensor]) -> dict[str, ModuleAdapter]
             raise CheckpointError(f"module {module} has only {sorted(parts)}: incomplete network weights")
         adapters[module] = ModuleAdapter(module, kind, parts)
     return adapters
+
+
+def _check_dtypes(by_module: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    """Weights must be floating point (an int8 or bool "LoRA" is a broken export, not a tiny delta); ``alpha``
+    must be one number, float or integer (sd-scripts and LyCORIS store a float; some converters an int)."""
+    weights: list[str] = []
+    alphas: list[str] = []
+    for module, parts in by_module.items():
+        for part, t in sorted(parts.items()):
+            dtype = str(t.dtype).removeprefix("torch.")
+            if part != "alpha":
+                if not t.is_floating_point():
+                    weights.append(f"{module}.{part} is {dtype}")
+            elif t.dtype == torch.bool or t.is_complex():
+                alphas.append(f"{module}.alpha is {dtype}")
+            elif t.numel() != 1:
+                alphas.append(f"{module}.alpha has {t.numel()} values {tuple(t.shape)}, not one")
+    bad = weights + alphas  # a weight tensor named first
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise CheckpointError(f"{bad[0]}{more}: network weights must be floating point tensors (alpha one float or "
+                              "integer number); nothing was applied")
 
 
 def describe(adapters: Mapping[str, ModuleAdapter]) -> str:

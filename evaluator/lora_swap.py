@@ -30,12 +30,16 @@ _OTHER_ARCH_HINTS = (
 
 
 def load_lora_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read tensors with safetensors only: never unpickle a file from a watched folder."""
+    """Read tensors with safetensors only: never unpickle a file from a watched folder. A file that is gone
+    raises FileNotFoundError unchanged (deleted while waiting or being scored: the daemon's concern, not a
+    broken checkpoint); anything else unreadable is a CheckpointError naming the file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         return load_file(str(path))
+    except FileNotFoundError:
+        raise
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot read LoRA tensors: {e}") from None
 
@@ -91,8 +95,11 @@ class LoraSwapper:
         if unmatched:
             raise CheckpointError(f"{len(unmatched)} of {len(adapters)} network modules match no layer of the base "
                                   f"model (first: {unmatched[0]}){_architecture_hint(unmatched)}")
+        plan = [(name, self.modules[name], adapter) for name, adapter in sorted(adapters.items())]
+        for name, module, adapter in plan:  # shapes only (meta tensors): every layer, before any is changed
+            adapter.check_fits(module.weight.shape)
         self.last_description = describe(adapters)
-        return [(name, self.modules[name], adapter) for name, adapter in sorted(adapters.items())]
+        return plan
 
     @contextmanager
     def applied(self, path: Path, scale: float = 1.0):
@@ -110,7 +117,7 @@ class LoraSwapper:
             yield len(plan)
         finally:
             with torch.no_grad():
-                for module, original in saved:
+                for module, original in reversed(saved):  # last first: right even if two names share a layer
                     module.weight.copy_(original)
 
 

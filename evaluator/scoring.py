@@ -84,23 +84,45 @@ class TrialContext:
     baseline: SampleSet | None = None
     samples_cache: dict[str, SampleSet] = field(default_factory=dict)
     stop_requested: bool = False
+    unreadable: list[str] = field(default_factory=list)  # references / training images left out
+    prepared: set[str] = field(default_factory=set)  # "references", "training": read once per trial
 
     def ensure_references(self, encoder: ClipEncoder, dino: DinoEncoder | None = None) -> ReferenceSet | None:
-        if self.references is None and self.settings.references:
-            self.references = prepare_references([load_image(p) for p in self.settings.references], encoder,
-                                                 [p.name for p in self.settings.references], dino)
+        if self.references is None and self.settings.references and "references" not in self.prepared:
+            images, paths = self._readable(self.settings.references, "reference")
+            if images:
+                self.references = prepare_references(images, encoder, [p.name for p in paths], dino)
+            self.prepared.add("references")
         return self.references
+
+    def _readable(self, paths: list[Path], what: str) -> tuple[list[np.ndarray], list[Path]]:
+        """The images that can be read; each unreadable one is logged once and left out, so that one bad file
+        among the references or training images is not blamed on every checkpoint."""
+        images, kept = [], []
+        for path in paths:
+            try:
+                images.append(load_image(path))
+                kept.append(path)
+            except EpochscopeError as e:
+                if str(path) in self.unreadable:  # already said (an earlier attempt failed later on)
+                    continue
+                self.unreadable.append(str(path))
+                log.error("%s: %s left out: %s (fix it, then `evaluator run --force` scores every checkpoint again with it)",
+                          self.trial.name, what, e)
+        return images, kept
 
     def ensure_training(self, encoder: ClipEncoder, dino: DinoEncoder | None = None) -> TrainingSet | None:
         """The training images, embedded once per trial; the first time, references that duplicate them
         are logged as a warning (and kept in ``overlap`` for the notes)."""
-        if self.training is None and self.settings.training:
+        if self.training is None and self.settings.training and "training" not in self.prepared:
             t0 = time.monotonic()
             root = _common_root(self.settings.training)
-            self.training = prepare_training([load_image(p) for p in self.settings.training],
-                                             [str(p.relative_to(root)) for p in self.settings.training], encoder, dino)
+            images, paths = self._readable(self.settings.training, "training image")
+            if images:
+                self.training = prepare_training(images, [str(p.relative_to(root)) for p in paths], encoder, dino)
+            self.prepared.add("training")
             log.info("%s: %d training images prepared for the memorisation check in %.1f s", self.trial.name,
-                     len(self.settings.training), time.monotonic() - t0)
+                     len(paths), time.monotonic() - t0)
         if self.overlap is None:
             self.overlap = overlap_warnings(self.ensure_references(encoder, dino), self.training, encoder.name)
             for w in self.overlap:
@@ -110,7 +132,9 @@ class TrialContext:
     @property
     def notes(self) -> list[str]:
         """Weak-evidence notes for metrics.json, the summary and the report."""
-        return result_notes(len(self.settings.references), len(self.settings.training), self.overlap or ())
+        left_out = set(self.unreadable)
+        return result_notes(sum(str(p) not in left_out for p in self.settings.references),
+                            sum(str(p) not in left_out for p in self.settings.training), self.overlap or ())
 
     def saved_samples(self, name: str, encoder: ClipEncoder, dino: DinoEncoder | None = None) -> SampleSet | None:
         """A scored version's samples (``name``: its results folder), rebuilt from its PNGs after a restart."""
@@ -265,11 +289,20 @@ def write_outputs(scored: Scored) -> None:
                lambda: summaries.record(scored.trial, result, SCORE_RULE, baseline=scored.baseline,
                                         results_dir=folder.name))
         try:
-            log_checkpoint(scored.trial, result.step or 0, result.metrics, scored.images,
+            log_checkpoint(scored.trial, tensorboard_step(result), result.metrics, scored.images,
                            "baseline" if scored.baseline else "checkpoint", failures=scored.failures,
                            grid=grid.result())
         except Exception as e:  # noqa: BLE001 - TensorBoard must never cost a result
             log.warning("TensorBoard logging failed: %s", e)
+
+
+def tensorboard_step(result: CheckpointMetrics) -> int:
+    """The x of a version's TensorBoard points: its training step, else its epoch (files without metadata,
+    scored from a folder), else 0 (the baseline) - never 0 for every checkpoint, which would make each one
+    replace the last."""
+    if result.step is not None:
+        return result.step
+    return result.epoch if result.epoch is not None else 0
 
 
 def _named(path: Path, write) -> None:

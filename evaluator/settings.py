@@ -82,7 +82,7 @@ def _generation(config: RunConfig, overrides: Overrides) -> GenerationSettings:
     if not lines:
         raise EpochscopeError("no evaluation prompts: set evaluation.prompts, evaluation.prompt_file, or a "
                               "dataset.validation_dir with caption files")
-    n = overrides.num_samples or ev.num_samples
+    n = overrides.num_samples if overrides.num_samples is not None else ev.num_samples
     size = config.evaluation_resolution()  # evaluation.resolution, else dataset.resolution (512 sd1, 1024 sdxl)
     sdxl = SizeConditioning(ev.original_size, ev.crop_top_left) if family_of(config) == "sdxl" else None
     steps = overrides.steps

@@ -5,6 +5,18 @@ that step: ``logged.json`` beside the event files records what was logged, and a
 files are rewritten as one, without the earlier eval/* scalars and sample grid of that step and in step
 order (so curves do not jump back).
 
+Crash safety (a ``kill -9`` at any point, then a restart, leaves every (tag, step) once):
+
+- ``logged.json`` counts a ``tag@step`` *before* its values are written (the intent). A restart that finds
+  the key takes the repeat path, which first drops whatever of that step is in the files (nothing, when the
+  killed scoring had written nothing yet), so a point flushed just before a kill is never appended twice.
+- A repeat writes the rewritten events to ``.events-rewrite.<random>.tmp`` (not an event file to
+  TensorBoard), then records in ``logged.json`` under ``"rewrite"`` that file, the event file it becomes and
+  the files it replaces (the commit), then renames it and deletes those files, then drops the record. A
+  rewrite found recorded (``log_checkpoint``, ``remove_leftover_temp_files``) is finished that way.
+- ``remove_leftover_temp_files`` (the daemon calls it at start) also deletes the ``.*.tmp`` files a killed
+  writer left: a half-written rewrite, a ``.logged.json.<random>.tmp``.
+
 Each trial's folder keeps one writer open for the life of the process, flushed after every checkpoint
 (``close_writers`` closes them). TensorBoard without TensorFlow checksums records in pure Python; the
 C CRC of google-crc32c (``tensorboard_crc``) is put in its place when a writer opens.
@@ -14,8 +26,12 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
+import socket
+import tempfile
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +40,11 @@ from shared.records import Metrics
 from shared.trial import Trial
 
 LEDGER = "logged.json"
+REWRITE = "rewrite"  # the ledger's record of a rewrite under way; no "@", so never a tag@step key
 SCALAR_PREFIX = "eval/"
 IMAGE_PREFIX = "samples/"
+EVENTS_PREFIX = "events.out.tfevents."
+REWRITE_TMP_PREFIX = ".events-rewrite."  # no "tfevents" in it: TensorBoard does not read it
 
 
 def sample_grid(images: list[np.ndarray], columns: int = 4, failures: list[str | None] | None = None) -> np.ndarray:
@@ -75,33 +94,50 @@ def log_checkpoint(trial: Trial, step: int, metrics: Metrics, images: list[np.nd
     """Log ``metrics`` as eval/<name> scalars and the sample grid as samples/<tag>, at ``step``, replacing
     whatever an earlier scoring logged for the same tag at the same step.
 
-    A first scoring of a step goes through the trial's open writer and is flushed before returning. A
-    repeat closes that writer, writes its values to a file of their own and rewrites the event files as
-    one (``replace_step``); the next first scoring opens a new writer. ``grid``: the images already encoded
+    ``logged.json`` counts the step first. A first scoring of a step then goes through the trial's open
+    writer and is flushed before returning. A repeat (also a scoring that a kill interrupted) closes that
+    writer and rewrites the event files as one with the new values in place of the step's earlier ones
+    (``replace_step``); the next first scoring opens a new writer. ``grid``: the images already encoded
     (``encode_grid``); then ``images`` and ``failures`` are not looked at."""
     logdir = trial.logs_dir / "evaluator"
-    logdir.mkdir(parents=True, exist_ok=True)
-    ledger = _read_ledger(logdir)
     key = f"{tag}@{step}"
     grid = grid or encode_grid(images, failures)
+    summaries = _summaries(metrics, tag, grid)
     with _lock:
-        if key in ledger:
-            _close(logdir)
-            earlier = _event_files(logdir)
-            writer = _open(logdir)
-            try:
-                _add(writer, step, metrics, tag, grid)
-            finally:
-                writer.close()
-            replace_step(logdir, earlier, step, (SCALAR_PREFIX, f"{IMAGE_PREFIX}{tag}"))
+        logdir.mkdir(parents=True, exist_ok=True)
+        ledger = _read_ledger(logdir)
+        _finish_rewrite(logdir, ledger)
+        repeat = key in ledger.counts
+        ledger.counts[key] = ledger.counts.get(key, 0) + 1
+        if repeat:
+            replace_step(logdir, ledger, step, (SCALAR_PREFIX, f"{IMAGE_PREFIX}{tag}"), summaries)
         else:
+            _write_ledger(logdir, ledger)  # before the values: a restart then knows they may be there
             writer = _writer(logdir)
-            _add(writer, step, metrics, tag, grid)
+            file_writer = writer._get_file_writer()
+            for summary in summaries:
+                file_writer.add_summary(summary, step)
             writer.flush()
-    ledger[key] = ledger.get(key, 0) + 1
-    from shared.jsonio import atomic_write_text
 
-    atomic_write_text(logdir / LEDGER, json.dumps(ledger, indent=1, sort_keys=True) + "\n")
+
+def remove_leftover_temp_files(logdir: Path | Trial) -> int:
+    """Clean a trial's logs/evaluator/ (``logdir``, or a ``Trial``) after a killed evaluator: finish a
+    rewrite of the event files that ``logged.json`` records as committed, then delete every ``.*.tmp`` left
+    there (a rewrite that was not committed, a ``.logged.json.<random>.tmp``). Returns how many temp files
+    were deleted. For the daemon at start, holding the trial's lock; a missing folder is 0."""
+    if isinstance(logdir, Trial):
+        logdir = logdir.logs_dir / "evaluator"
+    logdir = Path(logdir)
+    if not logdir.is_dir():
+        return 0
+    removed = 0
+    with _lock:
+        _finish_rewrite(logdir, _read_ledger(logdir))
+        for p in logdir.glob(".*.tmp"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def close_writers() -> None:
@@ -146,46 +182,102 @@ def _close(logdir: Path) -> None:
             pass  # its folder is gone: nothing left to flush into
 
 
-def _add(writer, step: int, metrics: Metrics, tag: str, grid: EncodedGrid) -> None:
+def _summaries(metrics: Metrics, tag: str, grid: EncodedGrid) -> list:
+    """The summaries of one scoring, as ``SummaryWriter.add_scalar`` and ``add_image`` would make them."""
     from tensorboard.compat.proto.summary_pb2 import Summary
 
-    for name, value in metrics.model_dump().items():
-        if value is not None:
-            writer.add_scalar(f"{SCALAR_PREFIX}{name}", value, step)
+    out = [Summary(value=[Summary.Value(tag=f"{SCALAR_PREFIX}{name}", simple_value=float(value))])
+           for name, value in metrics.model_dump().items() if value is not None]
     image = Summary.Image(height=grid.height, width=grid.width, colorspace=3, encoded_image_string=grid.png)
-    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=f"{IMAGE_PREFIX}{tag}", image=image)]), step)
+    out.append(Summary(value=[Summary.Value(tag=f"{IMAGE_PREFIX}{tag}", image=image)]))
+    return out
 
 
-def _read_ledger(logdir: Path) -> dict[str, int]:
+@dataclass
+class _Ledger:
+    """``logged.json``: how often each ``tag@step`` was (begun to be) logged, and a rewrite under way."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    rewrite: dict | None = None  # {"tmp": name, "file": event file name, "replaces": [event file names]}
+
+
+def _plain_name(name: object, prefix: str) -> bool:
+    return isinstance(name, str) and name.startswith(prefix) and "/" not in name and "\\" not in name
+
+
+def _read_ledger(logdir: Path) -> _Ledger:
     try:
         data = json.loads((logdir / LEDGER).read_text(encoding="utf-8"))
-        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
     except (OSError, ValueError):
-        return {}
+        return _Ledger()
+    if not isinstance(data, dict):
+        return _Ledger()
+    rewrite = data.pop(REWRITE, None)
+    counts = {}
+    for k, v in data.items():
+        try:
+            counts[str(k)] = int(v)
+        except (TypeError, ValueError):
+            continue
+    if not (isinstance(rewrite, dict) and _plain_name(rewrite.get("tmp"), REWRITE_TMP_PREFIX)
+            and _plain_name(rewrite.get("file"), EVENTS_PREFIX) and isinstance(rewrite.get("replaces"), list)
+            and all(_plain_name(n, EVENTS_PREFIX) for n in rewrite["replaces"])):
+        rewrite = None
+    return _Ledger(counts, rewrite)
+
+
+def _write_ledger(logdir: Path, ledger: _Ledger) -> None:
+    from shared.jsonio import atomic_write_text
+
+    data: dict[str, object] = dict(ledger.counts)
+    if ledger.rewrite is not None:
+        data[REWRITE] = ledger.rewrite
+    atomic_write_text(logdir / LEDGER, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def _finish_rewrite(logdir: Path, ledger: _Ledger) -> None:
+    """Complete the rewrite ``ledger`` records as committed (its file was whole before the record was
+    written): put the file in place, delete the files it replaces, drop the record. Idempotent."""
+    rewrite = ledger.rewrite
+    if rewrite is None:
+        return
+    tmp, final = logdir / rewrite["tmp"], logdir / rewrite["file"]
+    if tmp.exists():
+        os.replace(tmp, final)
+    if final.exists():  # else the rewrite is gone (not by us): keep the files it was to replace
+        for name in rewrite["replaces"]:
+            if name != rewrite["file"]:
+                (logdir / name).unlink(missing_ok=True)
+    ledger.rewrite = None
+    _write_ledger(logdir, ledger)
 
 
 def _event_files(logdir: Path) -> list[Path]:
-    return sorted(p for p in logdir.iterdir() if p.is_file() and p.name.startswith("events.out.tfevents."))
+    return sorted(p for p in logdir.iterdir() if p.is_file() and p.name.startswith(EVENTS_PREFIX))
 
 
-def replace_step(logdir: Path, earlier: list[Path], step: int, prefixes: tuple[str, ...]) -> int:
+def replace_step(logdir: Path, ledger: _Ledger, step: int, prefixes: tuple[str, ...], summaries: list) -> int:
     """Rewrite every event file in ``logdir`` as one: values at ``step`` whose tag starts with one of
-    ``prefixes`` are dropped from the ``earlier`` files (the newest file holds their replacements), and
-    summaries are put in step order. Other steps, tags and wall times are kept. Returns how many values
-    were dropped."""
+    ``prefixes`` are dropped and ``summaries`` are added at ``step`` in their place; summaries are put in
+    step order. Other steps, tags and wall times are kept. ``ledger`` (with its counts as they are to be
+    saved) records the rewrite as the commit point. Returns how many values were dropped."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto import event_pb2
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    from tensorboard.summary.writer.event_file_writer import _global_uid
+    from tensorboard.summary.writer.record_writer import RecordWriter
 
+    from evaluator import tensorboard_crc
+
+    tensorboard_crc.install()
+    _close(logdir)
     files = _event_files(logdir)
-    old = set(earlier)
     kept, dropped = [], 0
     for f in files:
         for raw in RawEventFileLoader(str(f)).Load():
             ev = event_pb2.Event.FromString(raw)
             if ev.HasField("file_version"):
                 continue
-            if f in old and ev.HasField("summary") and ev.step == step:
+            if ev.HasField("summary") and ev.step == step:
                 values = [v for v in ev.summary.value if not v.tag.startswith(prefixes)]
                 if len(values) != len(ev.summary.value):
                     dropped += len(ev.summary.value) - len(values)
@@ -194,13 +286,26 @@ def replace_step(logdir: Path, earlier: list[Path], step: int, prefixes: tuple[s
                     del ev.summary.value[:]
                     ev.summary.value.extend(values)
             kept.append(ev)
+    now = time.time()
+    kept.extend(event_pb2.Event(wall_time=now, step=step, summary=s) for s in summaries)
     kept.sort(key=lambda e: (e.HasField("summary"), e.step if e.HasField("summary") else 0))  # stable
-    writer = EventFileWriter(str(logdir), filename_suffix=".rewritten")
-    for ev in kept:
-        writer.add_event(ev)
-    writer.close()
-    if not any(p not in files for p in _event_files(logdir)):
-        return 0  # nothing was written: keep the old files rather than lose them
-    for f in files:
-        f.unlink(missing_ok=True)
+    name = f"{EVENTS_PREFIX}{int(now):010d}.{socket.gethostname()}.{os.getpid()}.{_global_uid.get()}.rewritten"
+    fd, tmp = tempfile.mkstemp(prefix=REWRITE_TMP_PREFIX, suffix=".tmp", dir=logdir)
+    committed = False
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            records = RecordWriter(fh)
+            records.write(event_pb2.Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
+            for ev in kept:
+                records.write(ev.SerializeToString())
+            fh.flush()
+            os.fsync(fh.fileno())
+        ledger.rewrite = {"tmp": Path(tmp).name, "file": name, "replaces": [f.name for f in files]}
+        _write_ledger(logdir, ledger)  # the commit: from here on a restart finishes this rewrite
+        committed = True
+    finally:
+        if not committed:
+            ledger.rewrite = None
+            Path(tmp).unlink(missing_ok=True)
+    _finish_rewrite(logdir, ledger)
     return dropped

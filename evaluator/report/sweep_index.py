@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from html import escape
 from pathlib import Path
+from urllib.parse import quote
 
 from evaluator.report.curves import score_curves
 from evaluator.report.files import read_trial, trial_state
@@ -32,7 +33,7 @@ def write_sweep_index(root: Path) -> Path:
            "<h2>Trials by best score</h2><table><tr><th>trial</th><th>state</th><th>best score</th>"
            "<th>best checkpoint</th><th>scored</th><th>parameters</th></tr>"]
     for score, trial, f, best, params, n in rows:
-        link = escape(f"{trial.name}/realtime_evaluations/report.html", quote=True)
+        link = escape(quote(f"{trial.name}/realtime_evaluations/report.html"), quote=True)
         state = trial_state(f)
         css_state = escape(state.replace(" ", "-"), quote=True)
         ptext = ", ".join(f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}" for k, v in params.items())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from html import escape
 from pathlib import Path
+from urllib.parse import quote
 
 from evaluator.metrics.evidence import NO_REFERENCES, result_notes
 from evaluator.report.curves import metric_curves
@@ -119,13 +120,13 @@ def trial_notes(f: TrialFiles) -> list[str]:
 
 
 def _sample_src(trial: Trial, f: TrialFiles, name: str, file: str) -> tuple[str, Path]:
-    """The image's link relative to report.html, and its path on disk."""
+    """The image's URL relative to report.html (percent-encoded: a '#' or '?' in a checkpoint name is part
+    of the path, not a fragment or a query), and its path on disk."""
     path = f.folders.get(name, trial.results_dir(None, name)) / file
     try:
-        rel = path.relative_to(trial.report_path.parent).as_posix()
+        return quote(path.relative_to(trial.report_path.parent).as_posix()), path
     except ValueError:
-        rel = path.as_posix()
-    return rel, path
+        return path.absolute().as_uri(), path
 
 
 def _cell(trial: Trial, f: TrialFiles, name: str, smp, cls: str) -> str:
