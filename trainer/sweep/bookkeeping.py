@@ -4,7 +4,9 @@ A trial counts when it is COMPLETE, PRUNED, RUNNING (on some worker, so several 
 overshoot), or FAILED on its own: the trainer failed, or the evaluator never scored it
 (``fail_reason`` is set). A trial that FAILED only because its sweep process died ("interrupted":
 killed, Ctrl-C, or its worker's heartbeat stopped) is not a result of the search: it keeps its
-number and its folder, and a new trial with a new number replaces it.
+number and its folder, and a new trial with a new number and the same parameters replaces it
+(``retry_of`` names the trial it replaces). A trial whose pruning decision was made before its sweep
+died (``pruned_at``) is a result: it is recorded PRUNED.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ INTERRUPTED = "interrupted"
 HOST = "host"
 PID = "pid"
 PID_START = "pid_start"
+ROOT = "root"  # the sweep root holding the trial's folder: its re-run owns the trial
+PRUNED_AT = "pruned_at"  # the epoch (or step) at which the pruner said stop, recorded at once
+RETRY_OF = "retry_of"  # on a re-enqueued trial: the number of the interrupted trial it replaces
 
 
 def counts(trial) -> bool:
@@ -40,11 +45,14 @@ def counted(study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False) if counts(t))
 
 
-def claim(trial) -> None:
-    """Record which process runs a trial, so that a later sweep on this machine can tell it died."""
+def claim(trial, root: Path | None = None) -> None:
+    """Record which process runs a trial (and in which root), so that a later sweep on this machine can
+    tell it died and try its parameters again."""
     trial.set_user_attr(HOST, socket.gethostname())
     trial.set_user_attr(PID, os.getpid())
     trial.set_user_attr(PID_START, process_start(os.getpid()))
+    if root is not None:
+        trial.set_user_attr(ROOT, str(Path(root).resolve()))
 
 
 def process_start(pid: object) -> int | None:
@@ -71,24 +79,77 @@ def mark_interrupted(trial, why: str) -> None:
 
 
 def fail_orphans(study) -> list[int]:
-    """Mark FAIL (interrupted) the RUNNING trials whose sweep process on this machine is gone.
+    """Mark FAIL (interrupted) the RUNNING trials whose sweep process on this machine is gone; PRUNED
+    the ones whose pruning decision was already made (``pruned_at``).
 
     Orphans of other machines are failed by Optuna's heartbeat after its grace period. Returns the
     Optuna numbers of the trials marked."""
     import optuna
 
+    S = optuna.trial.TrialState
     host = socket.gethostname()
     marked = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
         if t.user_attrs.get(HOST) != host or still_running(t.user_attrs):
             continue
-        storage = study._storage  # user attrs of a trial this process did not ask for
-        storage.set_trial_user_attr(t._trial_id, FAIL_REASON, "the sweep process running it died")
-        storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
+        pruned = t.user_attrs.get(PRUNED_AT) is not None
+        if not pruned:
+            storage = study._storage  # user attrs of a trial this process did not ask for
+            storage.set_trial_user_attr(t._trial_id, FAIL_REASON, "the sweep process running it died")
+            storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
         try:
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            study.tell(t.number, state=S.PRUNED if pruned else S.FAIL)
         except (ValueError, RuntimeError):  # another sweep on this machine marked it first
             continue
         marked.append(t.number)
-        log.info("trial %d was left running by a sweep that died: marked FAIL (interrupted)", t.number + 1)
+        if pruned:
+            log.info("trial %d was pruned at epoch %s before its sweep died: marked PRUNED", t.number + 1,
+                     t.user_attrs[PRUNED_AT])
+        else:
+            log.info("trial %d was left running by a sweep that died: marked FAIL (interrupted)", t.number + 1)
     return marked
+
+
+def interrupted(trial) -> bool:
+    """A FAILed trial that got no result of its own: its sweep was stopped or died (with or without
+    saying so), so its parameters were never judged."""
+    from optuna.trial import TrialState as S
+
+    return trial.state == S.FAIL and not counts(trial)
+
+
+def owned(trial, root: Path, shared_storage: bool) -> bool:
+    """Whether this sweep (this machine, this root) answers for an interrupted trial: its folder is here.
+    A trial interrupted before it was claimed names no machine; on a storage of its own it is ours."""
+    host = trial.user_attrs.get(HOST)
+    if host is None:
+        return not shared_storage
+    recorded = trial.user_attrs.get(ROOT)
+    return host == socket.gethostname() and (recorded is None or recorded == str(Path(root).resolve()))
+
+
+def retry_params(trial) -> dict:
+    """What the interrupted trial was asked to try: its enqueued values (kept even if it died before
+    suggesting them), then whatever it had sampled."""
+    return {**trial.params, **trial.system_attrs.get("fixed_params", {})}
+
+
+def requeue_interrupted(study, root: Path, shared_storage: bool) -> list[tuple[int, dict]]:
+    """Enqueue once, with the same parameters, every interrupted trial of this root not replaced yet.
+
+    Called under the root's sweep lock, so two sweeps on one root never enqueue the same retry; the
+    retry and its ``retry_of`` are written in one step, so a sweep killed here loses nothing and a
+    re-run does not enqueue it twice. Returns (interrupted trial number, params) per retry enqueued."""
+    trials = study.get_trials(deepcopy=False)
+    replaced = {t.user_attrs.get(RETRY_OF) for t in trials}
+    out = []
+    for t in trials:
+        if not interrupted(t) or t.number in replaced or not owned(t, root, shared_storage):
+            continue
+        params = retry_params(t)
+        if not params:
+            continue  # nothing was asked of it: the sampler's next trial is as good
+        study.enqueue_trial(params, user_attrs={RETRY_OF: t.number}, skip_if_exists=False)
+        out.append((t.number, params))
+        log.info("trial %d was interrupted: its parameters %s are tried again", t.number + 1, params)
+    return out

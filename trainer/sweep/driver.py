@@ -16,6 +16,7 @@ from pathlib import Path
 
 from shared.config import RunConfig
 from shared.errors import EpochscopeError
+from shared.folder_lock import FolderLock
 from shared.jsonio import read_model_or_none, write_model
 from shared.records import Metrics, Params, StopRequest, SweepInfo, TrainerStatus
 from shared.trial import SweepRoot, Trial
@@ -23,7 +24,7 @@ from trainer.commands.run import SWEEP_INFO_ENV
 from trainer.sweep import bookkeeping
 from trainer.sweep.children import child_env, evaluator_serving, spawn, stop_group
 from trainer.sweep.monitor import ScoreFollower, all_scored, objective_value, read_summary
-from trainer.sweep.space import build_pruner, build_sampler, sample, sampler_seed
+from trainer.sweep.space import build_pruner, build_sampler, check_space, sample, sampler_seed
 from trainer.sweep.storage import masked, open_study
 
 log = logging.getLogger("epochscope.sweep")
@@ -31,6 +32,7 @@ POLL_S = 0.5
 EVALUATOR_CHECK_S = 5.0
 EVALUATOR_RESTARTS = 3
 NO_EVALUATOR_WARNING_S = 30.0
+SWEEP_LOCK = ".sweep.lock"  # in the root: one sweep at a time plants and re-enqueues trials
 PRUNED_STOP_WAIT_S = 300.0  # a pruned trainer saves and stops; past this it is stopped by signal
 SUCCESS_STATES = ("finished", "stopped_early")  # stopped_early: the evaluator's own early stopping
 
@@ -71,14 +73,19 @@ class Sweep:
         self._evaluator_checked = -1e9
         self._evaluator_starts = 0
         self._other_evaluator: int | None = None
+        self._pruned_at: int | None = None  # the running trial's pruning decision
+        self._interrupted = False  # Ctrl-C/SIGTERM came while a pruned trial was stopping: stop after it
+        # Every check on the input comes here, before the root, the study or a child exists.
         if self.cfg.objective not in Metrics.model_fields:
             raise EpochscopeError(f"{opts.config_path}: sweep.objective = {self.cfg.objective!r} is not a metric; "
                                   f"use one of {', '.join(Metrics.model_fields)}")
+        check_space(self.cfg.space, self.cfg.enqueue, opts.config, opts.config_path)
 
     # ---------------------------------------------------------------- study
 
     def open_study(self):
-        """Open (or create) the study, plant the enqueued trials once, and fail what dead sweeps left."""
+        """Open (or create) the study, plant the enqueued trials once, settle what dead sweeps left, and
+        enqueue again the parameters of this root's interrupted trials."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # outcomes are logged here, without tracebacks
@@ -86,10 +93,16 @@ class Sweep:
                            build_sampler(self.cfg, None), build_pruner(self.cfg))
         worker = f"{socket.gethostname()}:{os.getpid()}" if self.opts.shared_storage else None
         study.sampler = build_sampler(self.cfg, sampler_seed(self.cfg.seed, len(study.trials), worker))
-        for params in self.cfg.enqueue:
-            study.enqueue_trial(params, skip_if_exists=True)
-        bookkeeping.fail_orphans(study)
-        optuna.storages.fail_stale_trials(study)  # other machines' dead workers, after the heartbeat grace
+        lock = FolderLock(self.root.root / SWEEP_LOCK)  # two sweeps on one root: one re-enqueues, not both
+        lock.acquire(wait=True)
+        try:
+            for params in self.cfg.enqueue:
+                study.enqueue_trial(params, skip_if_exists=True)
+            bookkeeping.fail_orphans(study)
+            optuna.storages.fail_stale_trials(study)  # other machines' dead workers, after the heartbeat grace
+            bookkeeping.requeue_interrupted(study, self.root.root, self.opts.shared_storage)
+        finally:
+            lock.release()
         return study
 
     def _check_root(self) -> None:
@@ -109,16 +122,20 @@ class Sweep:
     def objective(self, trial) -> float:
         import optuna
 
-        bookkeeping.claim(trial)
         number = trial.number + 1
         t = self.root.trial(number)
-        values = sample(trial, self.cfg.space, self.opts.config)
-        log.info("trial %d: %s", number, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                   for k, v in values.items()))
-        proc = self._start_trainer(t, number, values)
         follower = ScoreFollower(self.cfg.objective)
         interrupted = False
+        proc: subprocess.Popen | None = None
+        self._pruned_at = None
         try:
+            bookkeeping.claim(trial, self.root.root)
+            values = sample(trial, self.cfg.space, self.opts.config)
+            retry = trial.user_attrs.get(bookkeeping.RETRY_OF)
+            log.info("trial %d: %s%s", number, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                         for k, v in values.items()),
+                     f" (again: trial {retry + 1} was interrupted)" if retry is not None else "")
+            proc = self._start_trainer(t, number, values)
             pruned_at = self._follow_training(proc, t, trial, follower)
             status = read_model_or_none(t.status_path, TrainerStatus)
             if pruned_at is not None:
@@ -131,10 +148,17 @@ class Sweep:
             value = self._wait_for_scores(t, trial, follower)
         except KeyboardInterrupt:
             interrupted = True
+            if self._pruned_at is not None:  # the pruner had decided: that is the trial's result
+                self._interrupted = True
+                trial.study.stop()
+                status = read_model_or_none(t.status_path, TrainerStatus)
+                trial.set_user_attr("stopped_at_epoch", status.epoch if status else None)
+                raise optuna.TrialPruned(f"pruned at epoch {self._pruned_at}") from None
             bookkeeping.mark_interrupted(trial, "the sweep was interrupted")
             raise
         finally:
-            stop_group(proc)
+            if proc is not None:
+                stop_group(proc)
             if not interrupted:  # the sweep refreshes the index once on its way out
                 self._refresh_index()
         log.info("trial %d: %s = %.4f", number, self.cfg.objective, value)
@@ -168,6 +192,8 @@ class Sweep:
                 trial.report(value, epoch)
                 if pruned_at is None and trial.should_prune():
                     pruned_at, pruned_since = epoch, time.monotonic()
+                    self._pruned_at = pruned_at
+                    trial.set_user_attr(bookkeeping.PRUNED_AT, epoch)  # a sweep killed from now on: PRUNED
                     log.info("trial %d: pruned at epoch %d (%s %.4f)", trial.number + 1, epoch, self.cfg.objective,
                              value)
                     best = summary.best.checkpoint if summary and summary.best else None
@@ -261,6 +287,8 @@ class Sweep:
             self._ensure_evaluator(force=True)
             study.optimize(self.objective, callbacks=[lambda st, _: self._enough(st) and st.stop()],
                            catch=(TrialFailed,), gc_after_trial=True)
+            if self._interrupted:  # the pruned trial was recorded; now stop as Ctrl-C asked
+                raise KeyboardInterrupt
             finished = True  # every trial refreshed the index already
         finally:
             if self.evaluator is not None:
@@ -274,9 +302,13 @@ class Sweep:
         import optuna
 
         waiting = optuna.trial.TrialState.WAITING
+        retried = {t.user_attrs[bookkeeping.RETRY_OF]: t.number for t in study.trials
+                   if t.user_attrs.get(bookkeeping.RETRY_OF) is not None}
         for t in sorted((t for t in study.trials if t.state != waiting), key=lambda t: t.number):
             value = "-" if t.value is None else f"{t.value:.4f}"
             note = t.user_attrs.get(bookkeeping.FAIL_REASON, "")
+            if t.number in retried:
+                note += f" (tried again as trial_{retried[t.number] + 1:04d})"
             print(f"trial_{t.number + 1:04d}  {t.state.name:<8} {value:>8}  {t.params} {note}".rstrip(), flush=True)
         print(f"index: {self.root.index_path}")
         try:
