@@ -237,7 +237,7 @@ def test_merge_swap_equals_fresh_pipeline_and_restores_base(trained_trial, demo_
         with swapper.applied(ckpt.path) as n:
             merged, _ = generate(pipe, gen)
         assert n > 0
-        fresh.load_lora_weights(str(ckpt.path), adapter_name="x")
+        fresh.load_lora_weights(str(ckpt.path.parent), weight_name=ckpt.path.name, adapter_name="x")
         reference, _ = generate(fresh, gen)
         fresh.delete_adapters("x")
         assert np.abs(np.array(merged) - np.array(reference)).max() < 1e-4

@@ -149,7 +149,7 @@ def test_diffusers_and_our_evaluator_apply_every_key(sdxl_trial, demo_assets):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            pipe.load_lora_weights(str(path), adapter_name="ours")
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="ours")
     finally:
         logger.removeHandler(handler)
     assert not records, [r.getMessage() for r in records]

@@ -201,14 +201,14 @@ def test_a_full_size_sdxl_single_file_converts_to_the_published_architecture():
     single = {**unet_to_ldm(unet.state_dict(), unet.config), **vae_to_ldm(vae.state_dict(), vae.config),
               **clip_to_ldm(te1.state_dict(), SDXL_TE1), **open_clip_to_ldm(te2.state_dict())}
     assert sum(k.startswith("model.diffusion_model.") for k in single) == 1680
-    te1_converted = convert_ldm_clip_checkpoint(single)  # transformers 4 names; ours have no text_model. level
+    te1_converted = convert_ldm_clip_checkpoint(single)  # transformers 4 names (text_model.); 5 has no such level
     converted = {"unet": convert_ldm_unet_checkpoint(single, dict(unet.config)),
                  "vae": convert_ldm_vae_checkpoint(single, dict(vae.config)),
-                 "text_encoder": {k.removeprefix("text_model."): v for k, v in te1_converted.items()},
+                 "text_encoder": te1_converted,
                  "text_encoder_2": convert_open_clip_checkpoint(te2, single, prefix=SDXL_TE2)}
     for name, model in (("unet", unet), ("vae", vae), ("text_encoder", te1), ("text_encoder_2", te2)):
-        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in converted[name].items()}
+        want = {k.removeprefix("text_model."): tuple(v.shape) for k, v in model.state_dict().items()}
+        got = {k.removeprefix("text_model."): tuple(v.shape) for k, v in converted[name].items()}
         assert got == want, f"{name}: {sorted(set(got) ^ set(want))[:3]}"
 
 

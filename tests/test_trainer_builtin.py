@@ -58,7 +58,7 @@ def test_kohya_keys_and_diffusers_accepts_every_file(trained_trial, demo_assets)
 
     base = image()
     for ckpt in trained_trial.checkpoints("lora"):
-        pipe.load_lora_weights(str(ckpt.path), adapter_name=ckpt.stem.replace("-", "_"))
+        pipe.load_lora_weights(str(ckpt.path.parent), weight_name=ckpt.path.name, adapter_name=ckpt.stem.replace("-", "_"))
         pipe.set_adapters([ckpt.stem.replace("-", "_")])
         assert np.abs(image() - base).max() > 1e-4, f"{ckpt.stem} changed nothing"
         pipe.unload_lora_weights()
@@ -66,7 +66,8 @@ def test_kohya_keys_and_diffusers_accepts_every_file(trained_trial, demo_assets)
     # Fusing gives W + up @ down * alpha / rank.
     module = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
     w0 = module.weight.detach().clone()
-    pipe.load_lora_weights(str(trained_trial.checkpoint_path("lora")))
+    final = trained_trial.checkpoint_path("lora")
+    pipe.load_lora_weights(str(final.parent), weight_name=final.name)  # diffusers < 0.32 offline needs the name
     pipe.fuse_lora()
     key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
     up, down, alpha = sd[f"{key}.lora_up.weight"], sd[f"{key}.lora_down.weight"], float(sd[f"{key}.alpha"])
