@@ -86,10 +86,26 @@ class ModuleAdapter:
         return ", ".join(f"{k.removesuffix('.weight')} {tuple(v.shape)}"
                          for k, v in sorted(self.parts.items()) if k != "alpha")
 
+    def _plain_lora_fits(self, shape: torch.Size) -> bool:
+        """Whether this is a plain LoRA (no Tucker core, no DoRA) whose up @ down has the layer's shape."""
+        if self.kind != "lora" or self.has_dora or "lora_mid.weight" in self.parts:
+            return False
+        up, down = self.parts["lora_up.weight"], self.parts["lora_down.weight"]
+        if up.dim() not in (2, 4) or down.dim() not in (2, 4) or up.shape[1] != down.shape[0]:
+            return False
+        if up.dim() == 4 and tuple(up.shape[2:]) != (1, 1):
+            return False
+        kernel = tuple(down.shape[2:]) if down.dim() == 4 and tuple(down.shape[2:]) != (1, 1) else ()
+        return _fits("lora", torch.Size((up.shape[0], down.shape[1], *kernel)), shape)
+
     def check_fits(self, shape: torch.Size) -> None:
         """Raise CheckpointError, naming the module and both shapes, unless this module's weights fit a layer
         whose weight has ``shape``. Runs the merge itself on shape-only (meta) tensors, so it checks exactly
-        what ``merged`` will do, costs no memory and changes nothing."""
+        what ``merged`` will do, costs no memory and changes nothing. A plain LoRA that fits (nearly every
+        module of nearly every file) is settled from its shapes alone: the meta merge costs ~0.2 ms a module,
+        ~150 ms a swap for an SDXL file, on the path that scores the next checkpoint."""
+        if self._plain_lora_fits(shape):
+            return
         meta = ModuleAdapter(self.name, self.kind,
                              {k: v if k == "alpha" else v.to("meta") for k, v in self.parts.items()})
         try:
