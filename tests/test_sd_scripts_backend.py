@@ -167,6 +167,20 @@ def test_resume_counts_this_run_from_zero(config, tmp_path):
         SdScriptsBackend().build_launch(config, t, rp, None, None)  # 3 epochs configured, 3 done
 
 
+def test_a_continuation_never_deletes_the_uncollected_files_of_a_killed_one(config, tmp_path, capsys):
+    """A continuation killed before its outputs were collected left them in staging; the next --continue used
+    to rmtree that folder. They are moved under backup/ instead, and staging starts empty."""
+    t = Trial(config.output.dir)
+    staging = continuation.staging_dir(t)
+    staging.mkdir(parents=True)
+    _lora(staging / "lora1-000001.safetensors", 1, 3)
+    rp = ResumePoint(t.root / "lora1-000003-state", step=9, epoch=3)
+    SdScriptsBackend().build_launch(config, t, rp, 11, None)
+    kept = list(t.backup_dir.glob(f"{staging.name}.replaced-*/lora1-000001.safetensors"))
+    assert len(kept) == 1 and not staging.exists(), kept
+    assert str(kept[0].parent) in capsys.readouterr().out
+
+
 def _lora(path: Path, epoch: int, step: int) -> None:
     save_file({"lora_unet_x.lora_down.weight": torch.ones(2, 4), "lora_unet_x.lora_up.weight": torch.ones(4, 2)},
               str(path), metadata={"ss_epoch": str(epoch), "ss_steps": str(step), "ss_output_name": "lora1"})
@@ -216,7 +230,8 @@ def test_missing_sd_scripts_is_one_clear_error(config, tmp_path, capsys, monkeyp
     with pytest.raises(EpochscopeError, match="SD_SCRIPTS_DIR"):
         SdScriptsBackend().check(bare)
     cfg = tmp_path / "c2.toml"
-    cfg.write_text(f'[training]\nbackend = "sd-scripts"\n[output]\ndir = "{tmp_path}/t2"\n')
+    cfg.write_text(f'[model]\nbase = "demo:tiny"\n[dataset]\ntrain_dir = "demo:dataset/train"\n'
+                   f'[training]\nbackend = "sd-scripts"\n[output]\ndir = "{tmp_path}/t2"\n')
     assert main(["run", "--config", str(cfg), "--new"]) == 2
     err = capsys.readouterr().err
     assert "sd-scripts" in err and "SD_SCRIPTS_PYTHON" in err and "Traceback" not in err

@@ -67,6 +67,11 @@ class SdScriptsBackend:
         self._schedule_steps = None
         if resume is not None:
             out_dir = continuation.staging_dir(trial)
+            if out_dir.is_dir() and any(out_dir.iterdir()):
+                # A continuation killed before its files were collected: keep them (their step numbers are
+                # relative to a resume point this run no longer knows), never delete them.
+                kept = continuation.move_aside(trial, out_dir)
+                print(f"kept the uncollected files of an interrupted continuation in {kept}", flush=True)
             shutil.rmtree(out_dir, ignore_errors=True)
             self._schedule_steps = continuation.schedule_length(trial, config.output.name, resume, steps, epochs)
         self._lr = LrReader(trial.logs_dir / "sd-scripts", since=time.time())

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,29 +29,73 @@ class Item:
     repeats: int
 
 
-def scan(train_dir: Path | str, caption_extension: str = ".txt", repeats_override: int | None = None) -> list[Item]:
-    """All training images with their captions and repeats; raises DatasetError naming what is wrong."""
+def scan(train_dir: Path | str, caption_extension: str = ".txt", repeats_override: int | None = None,
+         warn: Callable[[str], None] | None = None) -> list[Item]:
+    """All training images with their captions and repeats; raises DatasetError naming what is wrong.
+
+    Like kohya: images are read from ``N_name/`` folders; other folders are ignored and a ``0_name/``
+    folder (0 repeats) is skipped with a warning. With no ``N_name/`` folder holding images, the images
+    directly in ``train_dir`` are used once each. ``warn`` gets the warnings (default: stderr).
+    """
+    warn = warn or _warn_stderr
     root = Path(train_dir)
     if not root.is_dir():
         raise DatasetError(f"dataset.train_dir {root} does not exist or is not a folder")
-    folders = [p for p in sorted(root.iterdir()) if p.is_dir()]
-    if not folders and any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir()):
-        folders = [root]
+    ext = _caption_suffix(caption_extension)
     items: list[Item] = []
-    for folder in folders:
+    skipped: list[str] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         m = _REPEATS_RE.match(folder.name)
-        if m is None and folder != root:
+        if m is None:
             continue  # kohya ignores folders without the N_ prefix
-        repeats = repeats_override or (int(m.group(1)) if m else 1)
-        concept = m.group(2) if m else folder.name
-        for image in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            cap_file = image.with_suffix(caption_extension)
-            caption = cap_file.read_text(encoding="utf-8").strip() if cap_file.exists() else concept
-            items.append(Item(image, caption, repeats))
+        repeats = repeats_override or int(m.group(1))
+        images = _images_in(folder)
+        if repeats == 0 and images:
+            skipped.append(folder.name)
+            continue
+        items += [Item(image, _caption(image, ext, m.group(2)), repeats) for image in images]
+    loose = _images_in(root)
+    if items and loose:
+        warn(f"warning: {len(loose)} images directly in {root} are ignored: the N_name/ folders are used")
+    elif not items:
+        items = [Item(image, _caption(image, ext, root.name), repeats_override or 1) for image in loose]
+    for name in skipped if items else []:
+        warn(f"warning: {root / name} is skipped: 0 repeats (the number before '_' in the folder name)")
     if not items:
-        raise DatasetError(f"dataset.train_dir {root} has no images in N_concept/ folders "
-                           f"(kohya layout: {root}/10_mychar/img.png + img{caption_extension})")
+        why = f" ({', '.join(skipped)} skipped: 0 repeats)" if skipped else ""
+        raise DatasetError(f"dataset.train_dir {root} has no images{why}: put them in N_concept/ folders "
+                           f"(kohya layout: {root}/10_mychar/img.png + img{ext}) or directly in it")
     return items
+
+
+def _warn_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _caption_suffix(caption_extension: str) -> str:
+    """kohya wants the dot (``.txt``); users often write ``txt``, which means the same."""
+    ext = caption_extension.strip()
+    if not ext or ext == ".":
+        raise DatasetError(f"dataset.caption_extension {caption_extension!r} is empty: use e.g. \".txt\"")
+    return ext if ext.startswith(".") else "." + ext
+
+
+def _caption(image: Path, ext: str, default: str) -> str:
+    """The caption file beside ``image`` (kohya: name without suffix + ext, read as UTF-8), else ``default``."""
+    cap_file = image.with_name(image.stem + ext)
+    if not cap_file.exists():
+        return default
+    try:
+        return cap_file.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"caption file {cap_file} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                           f"offset {e.start}): save it as UTF-8") from None
+    except OSError as e:
+        raise DatasetError(f"cannot read caption file {cap_file}: {e.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -68,7 +114,7 @@ def load_training_image(path: Path, resolution: int) -> TrainingImage:
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = _to_rgb(im)
             w0, h0 = im.size
             scale = resolution / min(w0, h0)
             im = im.resize((max(resolution, round(w0 * scale)), max(resolution, round(h0 * scale))),
@@ -79,6 +125,17 @@ def load_training_image(path: Path, resolution: int) -> TrainingImage:
             return TrainingImage(pixels, (h0, w0), (top, left))
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DatasetError(f"cannot read training image {path}: {e}") from None
+
+
+def _to_rgb(im):
+    """8-bit RGB. 16-bit greyscale (modes I;16*, I) is scaled to 8 bits: Pillow's convert clips it to
+    255, turning almost every pixel white."""
+    from PIL import Image
+
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        wide = np.asarray(im).astype(np.float64)
+        im = Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8), "L")
+    return im.convert("RGB")
 
 
 def load_image(path: Path, resolution: int) -> np.ndarray:

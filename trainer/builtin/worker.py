@@ -13,6 +13,7 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import timezone
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
     from shared.demo_assets import resolve_demo
 
     items = ds.scan(resolve_demo(cfg.dataset.train_dir), cfg.dataset.caption_extension,
-                    cfg.dataset.repeats_override)
+                    cfg.dataset.repeats_override, warn=say)
     say(f"dataset: {len(items)} images, {sum(i.repeats for i in items)} samples per epoch (with repeats)")
     loaded = [ds.load_training_image(item.image, cfg.dataset.resolution) for item in items]
     images = [im.pixels for im in loaded]
@@ -174,13 +175,57 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
         global_step = counters.step
         state.apply_schedule(optimizer, lr_scheduler)  # the next step's lr, from this run's schedule
         say(f"resumed from {resume} at step {global_step} (lr schedule over {schedule_steps} steps)")
+    started_at = params.created_at.astimezone(timezone.utc).replace(tzinfo=None)
+    trainable = unet_params + te_params
+    kohya_table = KohyaTable.for_models(comp.unet, *text_encoders)
+    trained = [(comp.unet, "unet")]
+    if te_params:
+        trained += list(zip(text_encoders, ("text_encoder", "text_encoder_2")))
+
+    def write_checkpoint(stem: str, epoch: int) -> dict:
+        """Write ``<stem>.safetensors`` from the live weights; returns the weights for its state."""
+        tensors: dict = {}
+        weights: dict = {}
+        for (module, component), prefix in zip(trained, STATE_PREFIXES):
+            peft_sd = get_peft_model_state_dict(module)
+            tensors.update(lora_format.to_kohya(peft_sd, module, component, kohya_table, net.alpha))
+            weights.update({f"{prefix}{k}": v for k, v in peft_sd.items()})
+        path = trial.checkpoint_path(stem)
+        if _written_before(path, global_step):
+            say(f"keeping checkpoint {path.name}: written at this step before the run was interrupted")
+        else:
+            meta = lora_format.sd_scripts_metadata(
+                output_name=cfg.output.name, epoch=epoch, step=global_step, num_epochs=total_epochs,
+                dim=net.dim, alpha=net.alpha, learning_rate=tc.learning_rate, started_at=started_at,
+                resolution=cfg.dataset.resolution, train_text_encoder=net.train_text_encoder, seed=tc.seed,
+                num_train_images=samples_per_epoch, family=family)
+            if stem == cfg.output.name:  # a continuation's final: the previous one keeps its epoch/step name
+                kept = retire_final(trial, cfg.output.name, steps_per_epoch)
+                if kept is not None:
+                    say(f"kept the previous final checkpoint as {kept.name}")
+            say(f"saving checkpoint: {path}")
+            lora_format.save_atomic(tensors, meta, path)
+        emit("checkpoint", path=str(path), epoch=epoch, step=global_step)
+        return weights
+
+    def save(stem: str, epoch: int) -> None:
+        """The checkpoint first, then its state: a state (what --continue resumes from) never exists
+        without its checkpoint, so a kill between the two is redone by the resumed run."""
+        weights = write_checkpoint(stem, epoch)
+        if tc.save_state:
+            counters = state.Counters(step=global_step, epoch=epoch, total_steps=total_steps, total_epochs=total_epochs,
+                                      steps_per_epoch=steps_per_epoch, seed=tc.seed, output_name=cfg.output.name,
+                                      schedule_steps=schedule_steps)
+            state.save_state(trial.state_dir(stem), counters, weights, optimizer, lr_scheduler)
+
+    if resume is not None and counters is not None:
+        _restore_missing_checkpoint(trial, resume, cfg.output.name, counters.epoch, write_checkpoint)
     emit("totals", total_steps=total_steps, total_epochs=total_epochs, steps_per_epoch=steps_per_epoch)
     say(f"total optimization steps: {total_steps} ({total_epochs} epochs x {steps_per_epoch} steps)")
     if global_step >= total_steps:
         say("nothing to do: the target step count is already reached")
         return 0
 
-    started_at = params.created_at.astimezone(timezone.utc).replace(tzinfo=None)
     vae, unet = comp.vae, comp.unet
     sched = comp.noise_scheduler
     scaling = getattr(vae.config, "scaling_factor", 0.18215)
@@ -226,38 +271,6 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
             else:
                 target = noise
         return F.mse_loss(pred.float(), target.float())
-
-    trainable = unet_params + te_params
-    kohya_table = KohyaTable.for_models(unet, *text_encoders)
-    trained = [(unet, "unet")]
-    if te_params:
-        trained += list(zip(text_encoders, ("text_encoder", "text_encoder_2")))
-
-    def save(stem: str, epoch: int) -> None:
-        tensors: dict = {}
-        weights: dict = {}
-        for (module, component), prefix in zip(trained, STATE_PREFIXES):
-            peft_sd = get_peft_model_state_dict(module)
-            tensors.update(lora_format.to_kohya(peft_sd, module, component, kohya_table, net.alpha))
-            weights.update({f"{prefix}{k}": v for k, v in peft_sd.items()})
-        meta = lora_format.sd_scripts_metadata(
-            output_name=cfg.output.name, epoch=epoch, step=global_step, num_epochs=total_epochs, dim=net.dim,
-            alpha=net.alpha, learning_rate=tc.learning_rate, started_at=started_at, resolution=cfg.dataset.resolution,
-            train_text_encoder=net.train_text_encoder, seed=tc.seed, num_train_images=samples_per_epoch,
-            family=family)
-        path = trial.checkpoint_path(stem)
-        if stem == cfg.output.name:  # a continuation's final: the previous one keeps its epoch/step name
-            kept = retire_final(trial, cfg.output.name, steps_per_epoch)
-            if kept is not None:
-                say(f"kept the previous final checkpoint as {kept.name}")
-        say(f"saving checkpoint: {path}")
-        if tc.save_state:
-            counters = state.Counters(step=global_step, epoch=epoch, total_steps=total_steps, total_epochs=total_epochs,
-                                      steps_per_epoch=steps_per_epoch, seed=tc.seed, output_name=cfg.output.name,
-                                      schedule_steps=schedule_steps)
-            state.save_state(trial.state_dir(stem), counters, weights, optimizer, lr_scheduler)
-        lora_format.save_atomic(tensors, meta, path)
-        emit("checkpoint", path=str(path), epoch=epoch, step=global_step)
 
     unet.train()
     losses: list[float] = []
@@ -313,6 +326,30 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
     save(cfg.output.name, global_step // steps_per_epoch)  # completed epochs: a partial one is not counted
     say(f"training finished: {global_step} steps")
     return 0
+
+
+def _written_before(path: Path, step: int) -> bool:
+    """``path`` is a complete checkpoint of ``step``: the interrupted run wrote it but not its state, and
+    the resumed run has just redone that step. Kept, so no checkpoint is written (or scored) twice."""
+    from shared.safetensors_info import inspect
+
+    info = inspect(path)
+    return info.is_complete and info.metadata_int("ss_steps") == step
+
+
+def _restore_missing_checkpoint(trial: Trial, resume: Path, output_name: str, epoch: int,
+                                write: Callable[[str, int], object]) -> None:
+    """Resuming from a state whose checkpoint is missing (a kill between the two writes when the state
+    came first, as before): write it from the state's weights, already loaded. Nothing else ever would,
+    the final one least of all, as a finished run has nothing left to do."""
+    from shared.naming import parse_state_dirname
+
+    name = parse_state_dirname(resume.name, output_name)
+    if name is None or resume.parent.resolve() != trial.root.resolve():
+        return
+    if not trial.checkpoint_path(name.stem).exists():  # never overwrite a file that is there
+        say(f"{name.filename} is missing beside its state {resume.name}: writing it from that state")
+        write(name.stem, epoch)
 
 
 if __name__ == "__main__":

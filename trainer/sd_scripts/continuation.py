@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
+from shared.jsonio import atomic_write_text
 from shared.naming import CHECKPOINT_SUFFIX, epoch_stem, parse_stem, state_dirname, step_stem
 from shared.safetensors_info import inspect
 from shared.trial import Trial
@@ -23,6 +23,9 @@ from trainer.outputs import STAGING, retire_final, steps_per_epoch_of  # noqa: F
 
 STATE_DONE_MARKER = "random_states_0.pkl"  # sd-scripts writes it last; we only check that it exists
 SCHEDULE_KEY = "epochscope_schedule_steps"  # added to an adopted state's train_state.json
+#: sd-scripts' own train_state.json (steps counted from the continuation's start), kept beside the
+#: corrected one so that adopting a state again after an interruption corrects the original, not the result.
+ORIGINAL_STATE_FILE = "train_state.sd-scripts.json"
 
 
 def staging_dir(trial: Trial) -> Path:
@@ -94,6 +97,9 @@ def adopt_outputs(trial: Trial, output_name: str, step0: int, epoch0: int,
         with safe_open(str(path), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         target = trial.checkpoint_path(new)
+        if _adopted_before(target, step):  # killed after the rename, before the unlink: done already
+            path.unlink()
+            continue
         if new == output_name:
             retire_final(trial, output_name)  # the previous final keeps its epoch or step name
         tmp = target.with_name(f".{target.name}.tmp")
@@ -106,24 +112,58 @@ def adopt_outputs(trial: Trial, output_name: str, step0: int, epoch0: int,
         data_file = state / "train_state.json"
         if not (state / STATE_DONE_MARKER).exists() or not data_file.exists():
             continue
+        original = _original_state(state)
         stem = state.name[: -len("-state")]
-        data = json.loads(data_file.read_text())
-        staged_step = int(data.get("current_step", 0))
+        staged_step = int(original.get("current_step", 0))
         try:
             new = true_stem(stem, output_name, step0, epoch0, staged_step, spe)
         except ValueError:
             continue
         step = step0 + staged_step
         data = {"current_step": step,
-                "current_epoch": step // spe if spe else epoch0 + int(data.get("current_epoch", 0))}
+                "current_epoch": step // spe if spe else epoch0 + int(original.get("current_epoch", 0))}
         if schedule_steps:
             data[SCHEDULE_KEY] = schedule_steps
-        data_file.write_text(json.dumps(data))
+        atomic_write_text(data_file, json.dumps(data))
         target = trial.root / state_dirname(new)
-        if target.exists():  # the old final's state went with it (retire_final): this is a leftover
-            shutil.rmtree(target)
+        if target.exists():  # e.g. the old final's state, left by a kill inside retire_final: a resume point
+            move_aside(trial, target)
         os.replace(state, target)
     return moved
+
+
+def _adopted_before(target: Path, step: int) -> bool:
+    """``target`` is this staged checkpoint already adopted (same step): adopting it again would retire
+    it as the previous final, or write it a second time."""
+    info = inspect(target)
+    return info.is_complete and info.metadata_int("ss_steps") == step
+
+
+def _original_state(state: Path) -> dict:
+    """sd-scripts' own counters of a staged state. Saved once (atomically) before train_state.json is
+    corrected in place, and read from there ever after: correcting is then safe to repeat."""
+    saved = state / ORIGINAL_STATE_FILE
+    if saved.exists():
+        return json.loads(saved.read_text(encoding="utf-8"))
+    raw = (state / "train_state.json").read_text(encoding="utf-8")
+    data = json.loads(raw)
+    atomic_write_text(saved, raw)
+    return data
+
+
+def move_aside(trial: Trial, folder: Path) -> Path:
+    """Keep a folder that is in the way under backup/ (it may be someone's resume point): never delete it."""
+    from datetime import datetime
+
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    dest = trial.backup_dir / f"{folder.name}.replaced-{stamp}"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = trial.backup_dir / f"{folder.name}.replaced-{stamp}_{n}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(folder, dest)
+    return dest
 
 
 def _umask() -> int:
