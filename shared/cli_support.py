@@ -34,8 +34,8 @@ def run_command(func: Command, args: argparse.Namespace, prog: str) -> int:
     except Exception as e:  # noqa: BLE001 - the last line of defence
         if getattr(args, "debug", False):
             traceback.print_exc()
-        print(f"{prog}: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        hint = "" if getattr(args, "debug", False) else " (rerun with --debug for the traceback)"
+        print(f"{prog}: internal error: {type(e).__name__}: {e}{hint}", file=sys.stderr)
         return EXIT_FAILURE
 
 
@@ -77,6 +77,9 @@ def build_parser(prog: str, description: str, commands: dict[str, str]) -> tuple
         p = sub.add_parser(name, help=summary or None, description=doc or None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
+        # --debug after the subcommand too (`trainer run ... --debug`): SUPPRESS keeps the top-level value
+        # when it is not given here.
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="verbose logs and tracebacks")
         runners[name] = module.run
     return parser, runners
 

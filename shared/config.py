@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import ConfigError
 
@@ -28,9 +28,10 @@ DEFAULT_RESOLUTION: dict[str, int] = {"sd1": 512, "sdxl": 1024}
 
 
 class ModelConfig(_Section):
-    base: str = Field("demo:tiny", description="SD 1.x or SDXL weights: a diffusers folder, a single-file "
-                      ".safetensors checkpoint, or 'demo:tiny' / 'demo:tiny-sdxl' for the offline random-weight "
-                      "demo models.")
+    # Required in every config file (load_config); the default only serves configs built in code.
+    base: str = Field("demo:tiny", description="Required. SD 1.x or SDXL weights: a diffusers folder, a "
+                      "single-file .safetensors checkpoint, or 'demo:tiny' / 'demo:tiny-sdxl' for the offline "
+                      "random-weight demo models.")
     family: Family | None = Field(None, description="sd1 (SD 1.x/2.x) or sdxl (SDXL 1.0, Pony, Illustrious, "
                                   "NoobAI); detected from the weights when left out.")
     v_parameterization: bool = Field(False, description="The base predicts v (SD 2.x-v style).")
@@ -39,15 +40,24 @@ class ModelConfig(_Section):
 
 
 class DatasetConfig(_Section):
-    train_dir: str | None = Field("demo:dataset/train", description="kohya layout: N_concept/ folders of "
-                                  "images with caption files (N = repeats).")
+    train_dir: str | None = Field(None, description="kohya layout: N_concept/ folders of images with caption "
+                                  "files (N = repeats). Required to train (or dataset_config with sd-scripts); "
+                                  "'demo:dataset/train' for the offline demo dataset.")
     validation_dir: str | None = Field(None, description="Held-out images with captions: evaluation "
                                        "references and, if no prompts are given, the prompts.")
     dataset_config: str | None = Field(None, description="An sd-scripts dataset TOML, passed through "
                                        "verbatim (sd-scripts backend only).")
-    caption_extension: str = ".txt"
+    caption_extension: str = Field(".txt", description="Caption files' extension: \".txt\" (\"txt\" means the same).")
     resolution: int | None = Field(None, ge=32, le=4096, description="Default: 512 for sd1, 1024 for sdxl.")
     repeats_override: int | None = Field(None, ge=1, description="Ignore the N_ folder prefix.")
+
+    @field_validator("caption_extension")
+    @classmethod
+    def _dotted_extension(cls, value: str) -> str:
+        """``txt`` is what users write (sd-scripts wants ``.txt``): both mean the same. An empty one is
+        left for the dataset scan to refuse with its own message."""
+        value = value.strip()
+        return "." + value if value and not value.startswith(".") else value
 
 
 class NetworkConfig(_Section):
@@ -290,7 +300,30 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Ru
         set_dotted(data, dotted, value)
     _check_family(data, path)
     config = config_from_dict(data, path)
+    _require_base(data, path)
     return resolve_paths(config, path.resolve().parent)
+
+
+def _require_base(data: dict[str, Any], path: Path) -> None:
+    """A config file must name its base model: a left-out one silently meant the random demo model."""
+    model = data.get("model")
+    if not isinstance(model, dict) or "base" not in model:
+        raise ConfigError(path, 'is required: the SD 1.x or SDXL weights to train on or sample with (a '
+                          'diffusers folder or a single-file .safetensors), e.g. model.base = '
+                          '"/models/v1-5-pruned-emaonly.safetensors", or model.base = "demo:tiny" for the '
+                          "offline demo", field="model.base")
+
+
+def require_training_data(config: RunConfig, source: Path | str) -> None:
+    """Training needs images: ``dataset.train_dir`` (or an sd-scripts ``dataset_config``). Checked by the
+    trainer only: a config that only evaluates a folder may leave them out."""
+    d = config.dataset
+    if d.train_dir is None and not (config.training.backend == "sd-scripts" and d.dataset_config):
+        also = " (or dataset.dataset_config with the sd-scripts backend)" if config.training.backend == "sd-scripts" else ""
+        raise ConfigError(source, "is required to train: the training images in kohya layout (N_concept/ "
+                          f"folders of images with captions){also}, e.g. dataset.train_dir = \"/data/train\", "
+                          "or dataset.train_dir = \"demo:dataset/train\" for the offline demo dataset",
+                          field="dataset.train_dir")
 
 
 def _check_family(data: dict[str, Any], path: Path) -> None:
@@ -300,7 +333,7 @@ def _check_family(data: dict[str, Any], path: Path) -> None:
 
     model = data.get("model")
     model = model if isinstance(model, dict) else {}
-    base = model.get("base", ModelConfig.model_fields["base"].default)
+    base = model.get("base")
     if not isinstance(base, str):
         return
     if _looks_like_path(base) and not Path(os.path.expanduser(base)).is_absolute():

@@ -17,7 +17,7 @@ def test_shipped_configs_load(name):
 def test_relative_paths_resolve_against_the_toml(tmp_path):
     (tmp_path / "data").mkdir()
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[dataset]\ntrain_dir = "data"\n[output]\ndir = "out/t1"\n')
+    cfg.write_text('[model]\nbase = "demo:tiny"\n[dataset]\ntrain_dir = "data"\n[output]\ndir = "out/t1"\n')
     config = load_config(cfg)
     assert config.dataset.train_dir == str(tmp_path / "data")
     assert config.output.dir == str(tmp_path / "out" / "t1")

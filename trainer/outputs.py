@@ -32,14 +32,68 @@ def previous_run_files(trial: Trial, output_name: str) -> list[Path]:
     return files
 
 
+def _params_output_name(trial: Trial) -> str | None:
+    """The output.name the folder's params.json was written for (read leniently: any readable string)."""
+    try:
+        data = json.loads(trial.params_path.read_text(encoding="utf-8"))
+        name = data["config"]["output"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def other_run_files(trial: Trial, output_name: str) -> list[Path]:
+    """Files of a run under another output name: params.json if it names that run, and checkpoints and
+    state folders that are not ``output_name``'s. A run started here without --new would mix with it."""
+    from shared.naming import parse_stem
+
+    files: list[Path] = []
+    owner = _params_output_name(trial)
+    if owner is not None and owner != output_name:
+        files.append(trial.params_path)
+    for path in trial.checkpoint_paths():
+        try:
+            parse_stem(path.name, output_name)
+        except ValueError:
+            files.append(path)
+    ours = {p for _, p in trial.state_dirs(output_name)}
+    files += [p for _, p in trial.state_dirs() if p not in ours]
+    return files
+
+
+def other_run_names(trial: Trial, output_name: str) -> list[str]:
+    """The output names of ``other_run_files``, params.json's first."""
+    from shared.naming import parse_stem
+
+    names: list[str] = []
+    owner = _params_output_name(trial)
+    if owner is not None and owner != output_name:
+        names.append(owner)
+    for path in other_run_files(trial, output_name):
+        if path != trial.params_path:
+            name = parse_stem(path.name.removesuffix("-state")).output_name
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def has_run_files(trial: Trial) -> bool:
+    """Whether any run has written to the folder: a status, params, logs, checkpoints or states."""
+    return (any(p.exists() for p in (trial.status_path, trial.params_path, trial.log_path, trial.logs_dir))
+            or bool(trial.checkpoint_paths()) or bool(trial.state_dirs()))
+
+
 def back_up_previous_run(trial: Trial, output_name: str, now: datetime | None = None) -> Path | None:
     """Move the previous run's checkpoints, states, evaluations, TensorBoard logs and training.log into
-    backup/<timestamp>/, so the new run's curves start clean. Never overwrites and never deletes."""
+    backup/<timestamp>/, so the new run's curves start clean; a run under another output name goes too
+    (its checkpoints, states and params.json). Never overwrites and never deletes."""
     files = previous_run_files(trial, output_name)
+    files += [p for p in other_run_files(trial, output_name) if p != trial.params_path]
     history = [p for p in (trial.logs_dir, trial.log_path) if p.exists()]
     extra = [p for p in (trial.evaluations_dir, trial.status_path, trial.params_path, trial.root / STAGING)
              if p.exists()]
-    if not files and not history:
+    other_params = _params_output_name(trial) not in (None, output_name)
+    if not files and not history and not other_params:
         return None
     stamp = (now or datetime.now()).strftime("%Y%m%d_%H%M%S")
     dest = trial.backup_dir / stamp

@@ -34,6 +34,7 @@ from trainer.backends.base import (
     Totals,
 )
 from trainer.reporting import Console, StatusFile, TensorBoardScalars
+from trainer.sweep.children import guarded
 
 POLL_S = 0.5
 
@@ -111,7 +112,10 @@ class Supervisor:
         # would leave it running in its own session.
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            proc = subprocess.Popen(spec.argv, env=env, cwd=spec.cwd, stdout=subprocess.PIPE,
+            # guarded: the worker gets SIGTERM when this process dies, even by SIGKILL (PR_SET_PDEATHSIG,
+            # set just before it execs, so no preexec_fn runs in this threaded process): an orphan would
+            # go on training in a folder whose lock is free.
+            proc = subprocess.Popen(guarded(spec.argv), env=env, cwd=spec.cwd, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
         except BaseException:
             for s, handler in old.items():
@@ -135,7 +139,7 @@ class Supervisor:
                 if line is None:
                     open_streams -= 1
                 elif line:
-                    log_file.write(line + "\n")
+                    _log(log_file, line)
                     self._handle(line)
                 self._collect()
                 if self._stopping.reason is None:
@@ -157,10 +161,9 @@ class Supervisor:
                         if item is None:
                             open_streams -= 1
                         else:
-                            log_file.write(item + "\n")
+                            _log(log_file, item)
                             self._handle(item)
                     break
-            log_file.flush()
         finally:
             self._collect()
             finish = getattr(self.backend, "finish", None)
@@ -370,6 +373,12 @@ class PauseGuard:
             self.status.update(paused=False)
 
 
+def _log(log_file, line: str) -> None:
+    """One line of training.log, on disk at once: ``tail -f`` follows it, and a crash loses nothing."""
+    log_file.write(line + "\n")
+    log_file.flush()
+
+
 def _finite(x: float | None) -> float | None:
     import math
 
@@ -380,6 +389,23 @@ def new_status(backend: str, run_id: str | None = None, device: str = "auto") ->
     """The first status of a run. ``device``: training.device (the GPUs come from CUDA_VISIBLE_DEVICES)."""
     from shared.liveness import this_host
 
-    gpus = "cpu" if device == "cpu" else os.environ.get("CUDA_VISIBLE_DEVICES", "all")
     return TrainerStatus(state="starting", backend=backend, pid=os.getpid(), host=this_host(), run_id=run_id,
-                         gpus=gpus)
+                         gpus=training_gpus(backend, device))
+
+
+def training_gpus(backend: str, device: str = "auto") -> str:
+    """What training uses: "cpu", else its CUDA_VISIBLE_DEVICES ("all" when unset). The builtin worker
+    trains on the CPU under ``auto`` when torch sees no GPU (sd-scripts' own Python decides for itself)."""
+    if device == "cpu":
+        return "cpu"
+    if backend == "builtin" and device == "auto" and not _cuda_available():
+        return "cpu"
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "all")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()

@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from shared.config import RunConfig, load_config
+from shared.config import RunConfig, load_config, require_training_data
 from shared.errors import EpochscopeError, FileFormatError
 from shared.folder_lock import acquire_trainer_lock
 from shared.jsonio import read_model_or_none, write_model
@@ -23,7 +23,14 @@ from shared.liveness import new_run_id
 from shared.records import Params, RunRecord, SweepInfo
 from shared.trial import Trial
 from trainer.backends import get_backend
-from trainer.outputs import back_up_previous_run, consume_stale_stop_request, previous_run_files
+from trainer.outputs import (
+    back_up_previous_run,
+    consume_stale_stop_request,
+    has_run_files,
+    other_run_files,
+    other_run_names,
+    previous_run_files,
+)
 from trainer.provenance import git_commit, package_versions
 from trainer.reporting import Console, StatusFile
 from trainer.supervisor import StopPolicy, Supervisor, continue_targets, new_status
@@ -71,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output_dir:
         overrides["output.dir"] = str(args.output_dir.resolve())
     config = load_config(args.config, overrides)
+    require_training_data(config, args.config)
     trial = Trial(config.output.dir)
     backend = get_backend(config.training.backend)
     if args.dry_run:
@@ -81,19 +89,23 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _interrupt)
     status = StatusFile(trial, new_status(backend.name, new_run_id(), config.training.device))
+    start = _Start(status)
     try:
-        return _run_locked(args, config, trial, backend, status)
+        return _run_locked(args, config, trial, backend, start)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the supervisor took over: nothing was started
-        status.update(state="stopped", exit_code=130, message="stopped during start-up; nothing was trained")
-        status.flush(force=True)
-        print("stopped during start-up", file=sys.stderr, flush=True)
+        if start.owned:
+            status.update(state="stopped", exit_code=130, message="stopped during start-up; nothing was trained")
+            status.flush(force=True)
+        print("stopped during start-up" + ("" if start.owned else "; nothing was changed"),
+              file=sys.stderr, flush=True)
         return 130
     except EpochscopeError as e:
-        status.update(state="failed", exit_code=2, message=str(e))
-        status.flush(force=True)
+        if start.owned:
+            status.update(state="failed", exit_code=2, message=str(e))
+            status.flush(force=True)
         raise
     except BaseException as e:
-        if not status.status.is_final:
+        if start.owned and not status.status.is_final:
             status.update(state="failed", exit_code=1, message=f"trainer crashed: {type(e).__name__}: {e}")
             status.flush(force=True)
         raise
@@ -108,13 +120,36 @@ def _interrupt(signum, frame) -> None:  # noqa: ARG001
     raise KeyboardInterrupt
 
 
-def _run_locked(args: argparse.Namespace, config: RunConfig, trial: Trial, backend, status: StatusFile) -> int:
-    resume = _prepare_folder(config, trial, backend, args)
-    status.flush(force=True)  # at once: the previous run's final status must not outlive this start
-    status.start_heartbeat()
+class _Start:
+    """Whether this run owns the folder's trainer_status.json yet.
+
+    A refused start changes nothing: a previous run's status (finished, failed, ...) is replaced only once
+    every check has passed (the folder's mode, the backend's check, its command). A folder no run has
+    written to is this run's from the start, so its "starting" shows while a slow backend check runs, and
+    a failure there is recorded (the sweep and run_pair read why from it); there is nothing to keep."""
+
+    def __init__(self, status: StatusFile) -> None:
+        self.status = status
+        self.owned = False
+
+    def claim(self) -> None:
+        if not self.owned:
+            self.owned = True
+            self.status.flush(force=True)  # at once: the previous run's final status must not outlive this start
+            self.status.start_heartbeat()
+
+
+def _run_locked(args: argparse.Namespace, config: RunConfig, trial: Trial, backend, start: _Start) -> int:
+    status = start.status
+    fresh = not has_run_files(trial)
+    resume = _check_folder(config, trial, backend, args)  # refusals first: they change nothing
+    if fresh:
+        start.claim()
     backend.check(config)
     target_steps, target_epochs = continue_targets(resume, args.steps, args.epochs)
     spec = backend.build_launch(config, trial, resume, target_steps, target_epochs)
+    _clear_folder(config, trial, args)  # --new moves the previous run aside (its status with it)
+    start.claim()
     command = spec.argv if backend.name != "builtin" else None
     record = RunRecord(run_id=status.status.run_id or "", mode="continue" if resume else "new",
                        resumed_from=resume.state_dir.name if resume else None,
@@ -142,7 +177,7 @@ def _run_locked(args: argparse.Namespace, config: RunConfig, trial: Trial, backe
                     + (f", resuming at step {resume.step}" if resume else ""))
     supervisor = Supervisor(backend, trial, status, config.output.name, console,
                             StopPolicy(args.stop_timeout, args.stop_timeout), resume)
-    with open(trial.log_path, "a", encoding="utf-8") as log:
+    with open(trial.log_path, "a", encoding="utf-8", buffering=1) as log:  # line-buffered: `tail -f` follows
         log.write(f"$ {spec.printable()}\n")
         log.flush()
         outcome = supervisor.run(spec, log)
@@ -174,35 +209,56 @@ def _previous_params(trial: Trial) -> Params | None:
 
 
 def _ensure_writable(folder: Path) -> None:
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "" if part == folder else f": {part}"
+                raise EpochscopeError(f"output.dir {folder}{where} is a file, not a folder; "
+                                      "choose another output.dir (or --output-dir)")
+            break
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
+        probe = folder / f".write-test.{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
         raise EpochscopeError(f"output.dir {folder} is not writable: {e.strerror}") from None
 
 
-def _prepare_folder(config: RunConfig, trial: Trial, backend, args):
-    previous = previous_run_files(trial, config.output.name)
+def _check_folder(config: RunConfig, trial: Trial, backend, args):
+    """Refuse a start that does not fit the folder (nothing is changed here); the resume point of --continue."""
+    name = config.output.name
+    others = other_run_files(trial, name)
+    if others and not args.new:
+        names = ", ".join(p.name for p in others[:3]) + (", ..." if len(others) > 3 else "")
+        owners = ", ".join(repr(n) for n in other_run_names(trial, name))
+        raise EpochscopeError(f"{trial.root} holds the files of another run ({owners}: {names}); "
+                              f"'{name}' would mix with it and replace its params.json: pass --new to move "
+                              "that run's files to backup/ and start over, or choose another output.dir")
     resume = None
     if args.cont:
         resume = backend.find_resume_point(config, trial)
         if resume is None:
             raise EpochscopeError(f"--continue: no complete training state in {trial.root} "
                                   "(nothing to resume); start with --new")
-    elif args.new:
+    elif not args.new:
+        previous = previous_run_files(trial, name)
+        if previous:
+            raise EpochscopeError(f"{trial.root} already has checkpoints of '{name}' "
+                                  f"({previous[0].name}, ...): pass --continue to resume or --new to start over "
+                                  "(the old files are moved to backup/)")
+    return resume
+
+
+def _clear_folder(config: RunConfig, trial: Trial, args) -> None:
+    """Once every check has passed: --new moves the previous run aside; an old stop request is set aside."""
+    if args.new:
         backup = back_up_previous_run(trial, config.output.name)
         if backup is not None:
             print(f"moved the previous run's files to {backup}", flush=True)
-    elif previous:
-        raise EpochscopeError(f"{trial.root} already has checkpoints of '{config.output.name}' "
-                              f"({previous[0].name}, ...): pass --continue to resume or --new to start over "
-                              "(the old files are moved to backup/)")
     stale = consume_stale_stop_request(trial)
     if stale is not None:
         print(f"an old stop request was set aside as {stale.name}", flush=True)
-    return resume
 
 
 def _sweep_info() -> SweepInfo | None:

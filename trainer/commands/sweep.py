@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.config import load_config
+from shared.config import load_config, require_training_data
 from shared.errors import EpochscopeError
 from shared.trial import SweepRoot
 from trainer.sweep.driver import Sweep, SweepOptions
@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if config.sweep is None:
         raise EpochscopeError(f"{args.config}: no [sweep] section (see configs/demo-sweep.toml)")
+    require_training_data(config, args.config)  # refused once here, not once per trial
     root = (args.root or Path(config.sweep.root)).resolve()
     opts = SweepOptions(config_path=args.config.resolve(), config=config, root=root,
                         n_trials=config.sweep.n_trials if args.n_trials is None else args.n_trials,
