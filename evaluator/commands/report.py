@@ -24,10 +24,10 @@ def run(args: argparse.Namespace) -> int:
         raise EpochscopeError(f"--dir {args.dir} is not a folder")
     sweep = SweepRoot(args.dir)
     trials = [Trial(args.dir)] if is_trial_dir(args.dir) or not sweep.trials() else sweep.trials()
-    scored = [t for t in trials if t.evaluation_state_path.exists()]
+    scored = [t for t in trials if t.evaluation_summary_path.exists() or t.evaluation_state_path.exists()]
     if not scored:  # a typo in --dir must not leave a realtime_evaluations/ folder in someone's folder
         raise EpochscopeError(f"--dir {args.dir}: nothing evaluated there yet (no "
-                              f"{trials[0].evaluation_state_path.relative_to(trials[0].root.parent)}); "
+                              f"{trials[0].evaluation_summary_path.relative_to(trials[0].root.parent)}); "
                               f"score it first: python -m evaluator run --dir {args.dir}")
     for trial in scored:
         path = write_trial_report(trial)

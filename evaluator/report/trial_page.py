@@ -124,7 +124,7 @@ def _sample_src(trial: Trial, f: TrialFiles, name: str, file: str) -> tuple[str,
     of the path, not a fragment or a query), and its path on disk."""
     path = f.folders.get(name, trial.results_dir(None, name)) / file
     try:
-        return quote(path.relative_to(trial.report_path.parent).as_posix()), path
+        return quote(path.relative_to(trial.report_path.parent).as_posix(), safe="/@"), path
     except ValueError:
         return path.absolute().as_uri(), path
 
