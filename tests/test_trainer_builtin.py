@@ -223,7 +223,7 @@ def test_unwritable_output_folder(tmp_path, capsys):
     blocker.write_text("")
     cfg = write_demo_config(tmp_path / "c.toml", blocker / "t")
     assert main(["run", "--config", str(cfg), "--new"]) == 2
-    assert "not writable" in capsys.readouterr().err
+    assert f"{blocker} is a file, not a folder" in capsys.readouterr().err
 
 
 def test_dry_run_prints_the_command(tmp_path, capsys):
