@@ -4,7 +4,7 @@ set -u
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p test-artifacts
-"${VENV:-.venv}/bin/python" -m pytest "$@"
+"${VENV:-.venv}/bin/python" -m pytest --durations=15 "$@"  # the slowest tests, to keep CI short
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "run_tests: pytest collected no tests - treating as an error, not a pass" >&2
