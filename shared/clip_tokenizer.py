@@ -77,6 +77,16 @@ def write_tokenizer_files(dest: Path | str, pad_token: str = EOS) -> Path:
     return dest
 
 
+def write_slow_tokenizer_files(pipeline_dir: Path | str) -> None:
+    """Give a saved pipeline's ``tokenizer/`` (and ``tokenizer_2/``) vocab.json and merges.txt beside the
+    tokenizer.json that transformers 5 writes alone: transformers 4's CLIPTokenizer (what diffusers < 0.32,
+    sd-scripts and kohya_ss load) reads only the BPE files, and fails on a folder without them."""
+    for sub, pad in (("tokenizer", EOS), ("tokenizer_2", TOKENIZER_2_PAD)):
+        folder = Path(pipeline_dir) / sub
+        if folder.is_dir() and not (folder / "vocab.json").exists():
+            write_tokenizer_files(folder, pad)
+
+
 def write_sd_scripts_tokenizer_cache(cache_dir: Path | str) -> Path:
     """Fill ``<cache_dir>/openai_clip-vit-large-patch14/`` (SD 1.x, SDXL's tokenizer 1) and
     ``<cache_dir>/laion_CLIP-ViT-bigG-14-laion2B-39B-b160k/`` (SDXL's tokenizer 2, pad token ``"!"``), so that

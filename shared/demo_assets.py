@@ -177,7 +177,7 @@ def _build_pipeline(dest: Path) -> None:
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from shared.clip_tokenizer import write_tokenizer_files
+    from shared.clip_tokenizer import write_slow_tokenizer_files, write_tokenizer_files
 
     tmp_tok = write_tokenizer_files(dest.parent / ".tokenizer-build")
     torch.manual_seed(0)
@@ -196,6 +196,7 @@ def _build_pipeline(dest: Path) -> None:
         feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(dest, safe_serialization=True)
+    write_slow_tokenizer_files(dest)
     import shutil
 
     shutil.rmtree(tmp_tok, ignore_errors=True)
@@ -241,7 +242,7 @@ def _build_sdxl_pipeline(dest: Path) -> None:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from shared.clip_tokenizer import TOKENIZER_2_PAD, write_tokenizer_files
+    from shared.clip_tokenizer import TOKENIZER_2_PAD, write_slow_tokenizer_files, write_tokenizer_files
     from shared.jsonio import build_folder
 
     tok_dir = write_tokenizer_files(dest.parent / ".tokenizer-build-sdxl")
@@ -263,7 +264,8 @@ def _build_sdxl_pipeline(dest: Path) -> None:
         add_watermarker=False,
     )
     try:
-        build_folder(dest, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True))
+        build_folder(dest, lambda tmp: (pipe.save_pretrained(tmp, safe_serialization=True),
+                                        write_slow_tokenizer_files(tmp)))
     finally:
         shutil.rmtree(tok_dir, ignore_errors=True)
         shutil.rmtree(tok2_dir, ignore_errors=True)
@@ -299,7 +301,11 @@ def _build_dino(assets: DemoAssets) -> None:
 
 def _build_later_parts(assets: DemoAssets) -> None:
     """Parts added after ASSETS_VERSION 1 was first built, each built once when missing."""
-    if assets.dino_config.exists() and (assets.sdxl_pipeline_dir / "model_index.json").exists():
+    from shared.clip_tokenizer import write_slow_tokenizer_files
+
+    slow_tokenizers = all((d / "tokenizer" / "vocab.json").exists()
+                          for d in (assets.pipeline_dir, assets.sdxl_pipeline_dir) if d.is_dir())
+    if slow_tokenizers and assets.dino_config.exists() and (assets.sdxl_pipeline_dir / "model_index.json").exists():
         return
     import fcntl
 
@@ -309,6 +315,8 @@ def _build_later_parts(assets: DemoAssets) -> None:
             _build_dino(assets)
         if not (assets.sdxl_pipeline_dir / "model_index.json").exists():
             _build_sdxl_pipeline(assets.sdxl_pipeline_dir)
+        for folder in (assets.pipeline_dir, assets.sdxl_pipeline_dir):  # transformers 5 wrote tokenizer.json only
+            write_slow_tokenizer_files(folder)
 
 
 def _draw(shape: str, fill: tuple[int, int, int], bg: tuple[int, int, int], rng: random.Random, size: int):

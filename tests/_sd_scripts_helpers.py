@@ -96,7 +96,7 @@ def build_sd15_random(dest: Path) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from shared.clip_tokenizer import write_tokenizer_files
+    from shared.clip_tokenizer import write_slow_tokenizer_files, write_tokenizer_files
     from shared.base_configs import sd15_scheduler_config
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +114,7 @@ def build_sd15_random(dest: Path) -> Path:
                                    feature_extractor=None, requires_safety_checker=False)
     def build(tmp: Path) -> None:
         pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+        write_slow_tokenizer_files(tmp)
         fix_text_encoder_keys(tmp)
 
     return build_folder(dest, build)

@@ -50,6 +50,28 @@ def test_tokenizer_ids_match_open_clip(demo_assets):
     assert tok.model_max_length == 77
 
 
+@pytest.mark.parametrize("pipeline, subfolders", [("pipeline_dir", ["tokenizer"]),
+                                                  ("sdxl_pipeline_dir", ["tokenizer", "tokenizer_2"])])
+def test_tokenizers_load_from_the_bpe_files_alone(tmp_path, demo_assets, pipeline, subfolders):
+    """transformers 4's CLIPTokenizer (diffusers < 0.32, sd-scripts, kohya_ss) reads vocab.json + merges.txt
+    only; transformers 5 saves tokenizer.json alone. Both must give the same ids."""
+    import shutil
+
+    from transformers import CLIPTokenizer
+
+    for sub in subfolders:
+        saved = getattr(demo_assets, pipeline) / sub
+        bpe_only = tmp_path / f"{pipeline}-{sub}"
+        bpe_only.mkdir()
+        for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+            shutil.copy2(saved / name, bpe_only / name)
+        a, b = CLIPTokenizer.from_pretrained(saved), CLIPTokenizer.from_pretrained(bpe_only)
+        text = ["a red circle on a blue background, sks style!"]
+        assert a(text, padding="max_length", max_length=77).input_ids == b(text, padding="max_length",
+                                                                          max_length=77).input_ids
+        assert a.pad_token_id == b.pad_token_id
+
+
 def test_tiny_pipeline_produces_an_image(demo_assets):
     import torch
     from diffusers import StableDiffusionPipeline
