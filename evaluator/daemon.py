@@ -35,7 +35,7 @@ from evaluator.scoring import Models, Scored, TrialContext, score, write_outputs
 from evaluator.settings import Overrides, settings_for
 from evaluator.tensorboard_log import close_writers
 from shared.errors import EpochscopeError, FileFormatError
-from shared.jsonio import read_model_or_none, write_model
+from shared.jsonio import read_model_or_none, remove_temp_files, write_model
 from shared.liveness import trainer_done
 from shared.records import EvalEntry, EvaluationSummary, StopRequest, TrainerStatus
 from shared.safetensors_info import SafetensorsInfo
@@ -575,13 +575,7 @@ def _remove_leftover_temp_files(trial: Trial) -> int:
     Only the evaluator writes under realtime_evaluations/ and logs/evaluator/, and it holds the trial's lock
     here."""
     removed = tensorboard_log.remove_leftover_temp_files(trial)  # logs/evaluator/ (and a rewrite to finish)
-    if not trial.evaluations_dir.is_dir():
-        return removed
-    for p in trial.evaluations_dir.rglob(".*.tmp"):
-        if p.is_file():
-            p.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    return removed + remove_temp_files(trial.evaluations_dir, recursive=True)
 
 
 _SWEEP = "sweep index"  # the background writer's report key for a sweep root's index.html

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.jsonio import atomic_write_text, remove_temp_files
 from shared.records import Metrics
 from shared.trial import Trial
 
@@ -130,14 +131,9 @@ def remove_leftover_temp_files(logdir: Path | Trial) -> int:
     logdir = Path(logdir)
     if not logdir.is_dir():
         return 0
-    removed = 0
     with _lock:
         _finish_rewrite(logdir, _read_ledger(logdir))
-        for p in logdir.glob(".*.tmp"):
-            if p.is_file():
-                p.unlink(missing_ok=True)
-                removed += 1
-    return removed
+        return remove_temp_files(logdir)
 
 
 def close_writers() -> None:
@@ -227,8 +223,6 @@ def _read_ledger(logdir: Path) -> _Ledger:
 
 
 def _write_ledger(logdir: Path, ledger: _Ledger) -> None:
-    from shared.jsonio import atomic_write_text
-
     data: dict[str, object] = dict(ledger.counts)
     if ledger.rewrite is not None:
         data[REWRITE] = ledger.rewrite

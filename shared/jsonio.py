@@ -41,6 +41,23 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+TEMP_GLOB = ".*.tmp"  # what atomic_write_bytes (and writers named like it) leave behind when killed
+
+
+def remove_temp_files(folder: Path | str, recursive: bool = False) -> int:
+    """Delete the temp files killed atomic writers left in ``folder`` (and below, with ``recursive``);
+    only for a folder whose writers are known to be stopped. Returns how many were deleted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for p in (folder.rglob if recursive else folder.glob)(TEMP_GLOB):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def _fsync_dir(folder: Path) -> None:
     # The rename itself must survive a power cut; not every OS lets us open a directory.
     try:
