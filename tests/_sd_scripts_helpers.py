@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from shared.jsonio import build_folder
+from _disk import skip_unless_free_disk
 
 TE_PREFIX = "text_model."
 # Top-level keys that transformers 4 keeps outside ``text_model.`` (CLIPTextModelWithProjection's projection).
@@ -84,6 +85,10 @@ def tokenizer_cache_and_images(root: Path, train_dir: Path, images: int) -> None
         (data / src.with_suffix(".txt").name).write_text("a red circle, sks")
 
 
+SD15_RANDOM_GB = 2.0  # fp16 on disk
+SDXL_RANDOM_GB = 6.5
+
+
 def build_sd15_random(dest: Path) -> Path:
     """Build (once) the random SD-1.5 folder at ``dest``. It is built in a temporary sibling folder and renamed
     into place, so a reader never sees a half-written model; an existing folder from before the key fix is
@@ -92,6 +97,7 @@ def build_sd15_random(dest: Path) -> Path:
     if (dest / "model_index.json").exists():
         fix_text_encoder_keys(dest)
         return dest
+    skip_unless_free_disk(dest.parent, SD15_RANDOM_GB, "the random full-size SD 1.5 model")
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -177,6 +183,7 @@ def build_sdxl_random(dest: Path) -> Path:
     if (dest / "model_index.json").exists():
         fix_text_encoder_keys(dest)
         return dest
+    skip_unless_free_disk(dest.parent, SDXL_RANDOM_GB, "the random full-size SDXL model")
     import json
 
     import diffusers

@@ -160,10 +160,12 @@ def test_a_full_size_sd15_single_file_loads_offline_with_the_published_configs(t
     """A full-size SD 1.5 checkpoint (random weights, fp16, 2 GB) in the single-file layout loads with no
     config_dir: the SD 1.5 config folder built from shared.base_configs, no hub (HF_HUB_OFFLINE); every
     tensor lands where the diffusers folder has it. (Full-size SDXL is not loaded here: 7 GB.)"""
+    from _disk import skip_unless_free_disk
     from _ldm_checkpoint import SD1_TE, clip_to_ldm, unet_to_ldm, vae_to_ldm
-    from _sd_scripts_helpers import build_sd15_random
+    from _sd_scripts_helpers import SD15_RANDOM_GB, build_sd15_random
 
     base = build_sd15_random(REPO_ROOT / ".cache" / "sd15-random")
+    skip_unless_free_disk(tmp_path, SD15_RANDOM_GB, "the single-file copy of the SD 1.5 model")
     read = lambda name: load_file(str(next((base / name).glob("*.safetensors"))))  # noqa: E731
     config = lambda name: json.loads((base / name / "config.json").read_text())  # noqa: E731
     single = tmp_path / "sd15.safetensors"
