@@ -315,3 +315,26 @@ def test_continuation_keeps_the_old_final_and_labels_partial_epochs(tmp_path):
     assert (info.metadata_int("ss_steps"), int(info.metadata["ss_epoch"])) == (12, 3)
     names = [c.stem for c in t.checkpoints("lora")]
     assert names == ["lora-000001", "lora-000002", "lora-step00000011", "lora"]
+
+
+def test_a_diverging_run_skips_non_finite_steps_and_stops_with_one_clear_error(tmp_path):
+    """A learning rate of 1e30: step 1 blows the weights up and every later loss is NaN. Those steps are
+    skipped, so the checkpoints hold step 1's finite weights (before: every one was NaN, and the run said
+    "finished"); the console warns once; after 50 in a row the run fails, naming training.learning_rate,
+    and writes no final checkpoint (15 epochs of 4 steps: it stops in epoch 13)."""
+    from trainer.builtin.nonfinite import MAX_IN_A_ROW
+
+    cfg = write_demo_config(tmp_path / "c.toml", tmp_path / "t", lr=1e30, epochs=15)
+    out = run_cli("trainer", "run", "--config", str(cfg), "--new", check=False)
+    t = Trial(tmp_path / "t")
+    assert out.returncode != 0, out.stdout
+    assert (out.stdout + out.stderr).count("warning: the loss is nan at step 2") == 1, out.stdout
+    status = read_model(t.status_path, TrainerStatus)
+    assert status.state == "failed", status
+    assert f"steps 2-{MAX_IN_A_ROW + 1}" in status.message and "diverged" in status.message, status.message
+    assert "training.learning_rate (now 1e+30)" in status.message, status.message
+    saved = [c.stem for c in t.checkpoints("lora")]
+    assert saved == [f"lora-{e:06d}" for e in range(1, MAX_IN_A_ROW // 4 + 1)], saved
+    for stem in saved:
+        weights = load_file(str(t.checkpoint_path(stem)))
+        assert weights and all(torch.isfinite(w.float()).all() for w in weights.values()), stem

@@ -42,3 +42,42 @@ def test_epoch_order_repeats_and_is_reproducible():
     items = [Item(Path("a"), "a", 2), Item(Path("b"), "b", 1)]
     assert sorted(epoch_order(items, 1, 1)) == [0, 0, 1]
     assert epoch_order(items, 1, 3) == epoch_order(items, 1, 3)
+
+
+def test_non_finite_steps_are_skipped_and_only_a_run_of_them_is_divergence():
+    from trainer.builtin.nonfinite import NonFiniteSteps
+
+    guard = NonFiniteSteps(limit=3)
+    assert guard.take(1, 0.5, 1.0)
+    assert not guard.take(2, float("nan"), 1.0) and not guard.take(3, 0.5, float("inf"))
+    assert not guard.diverged and guard.first == 2
+    assert guard.take(4, 0.4, 2.0)  # one bad batch (an fp16 overflow) is not divergence
+    assert guard.in_a_row == 0 and guard.first is None and guard.skipped == 2
+    for step in (5, 6, 7):
+        assert not guard.take(step, float("nan"), float("nan"))
+    assert guard.diverged
+    message = guard.explain(1e-2, "fp16")
+    assert "steps 5-7" in message and "step 4's" in message and 'mixed_precision = "bf16"' in message
+
+
+def test_a_non_finite_loss_is_warned_once_per_run_of_them_for_sd_scripts_too(tmp_path):
+    """sd-scripts trains on through NaN (avr_loss=nan); the console says so once when it starts, and again
+    only after the loss was finite in between. The status file keeps loss null meanwhile."""
+    import io
+
+    from shared.trial import Trial
+    from trainer.backends.sd_scripts import SdScriptsBackend
+    from trainer.reporting import Console, StatusFile
+    from trainer.supervisor import Supervisor, new_status
+
+    out = io.StringIO()
+    trial = Trial(tmp_path / "t")
+    trial.root.mkdir()
+    sup = Supervisor(SdScriptsBackend(), trial, StatusFile(trial, new_status("sd-scripts")), "lora",
+                     console=Console(stream=out, plain_interval_s=1e9))
+    for step, loss in enumerate(["0.5", "nan", "nan", "0.4", "inf", "nan"], start=1):
+        sup._handle(f"steps:  {step * 10}%|█         | {step}/9 [00:01<00:08,  1.00s/it, avr_loss={loss}]")
+    warnings = [line for line in out.getvalue().splitlines() if line.startswith("warning:")]
+    assert [w.split(" at step ")[1].split(":")[0] for w in warnings] == ["2", "5"], warnings
+    assert "training.learning_rate" in warnings[0] and "the loss is nan" in warnings[0]
+    assert sup.status.status.loss is None and sup.status.status.step == 6

@@ -94,6 +94,7 @@ class Supervisor:
         self._saved: list[Path] = []
         self._t0 = time.monotonic()
         self._first_step: tuple[int, float] | None = None
+        self._loss_not_finite = False  # warned for the current run of non-finite losses
         self._pause = PauseGuard(trial, status, self.console)
 
     # ---------------------------------------------------------------- signals
@@ -219,6 +220,7 @@ class Supervisor:
                                    avg_loss=_finite(event.avg_loss), lr=lr, steps_per_second=rate,
                                    eta_seconds=eta)
                 self._tb().add(step, _finite(event.loss), _finite(event.avg_loss), lr)
+                self._warn_if_loss_not_finite(event.loss, step)
                 self.console.show(self.status.status)
             elif isinstance(event, EpochStarted):
                 offset = self.resume.epoch if (self.resume and restarts) else 0
@@ -241,6 +243,15 @@ class Supervisor:
             elif isinstance(event, BackendError):
                 self._last_error = event.message
                 self.status.update(message=event.message)
+
+    def _warn_if_loss_not_finite(self, loss: float | None, step: int) -> None:
+        """Once per run of NaN/inf losses, on the console: the status file only drops them (loss null)."""
+        if loss is None or _finite(loss) is not None:
+            self._loss_not_finite = False
+        elif not self._loss_not_finite:
+            self._loss_not_finite = True
+            self.console.message(f"warning: the loss is {loss} at step {step}: training may be diverging "
+                                 f"(a lower training.learning_rate usually helps)")
 
     _tb_writer: TensorBoardScalars | None = None
 

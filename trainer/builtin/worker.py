@@ -24,6 +24,7 @@ from shared.records import Params
 from shared.trial import Trial
 from trainer.builtin import dataset as ds
 from trainer.builtin.events import emit, fail, say
+from trainer.builtin.nonfinite import NonFiniteSteps
 from trainer.outputs import retire_final
 
 
@@ -274,6 +275,7 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
 
     unet.train()
     losses: list[float] = []
+    nonfinite = NonFiniteSteps()
     t0 = time.monotonic()
     epoch_index = global_step // steps_per_epoch
     while epoch_index < total_epochs and global_step < total_steps:
@@ -293,8 +295,12 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
                 loss = loss_for(idx, gen) / len(group)
                 loss.backward()
                 step_loss += float(loss.detach())
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, 1.0))
+            if nonfinite.take(global_step + 1, step_loss, grad_norm):
+                optimizer.step()
+            else:
+                say(f"warning: step {global_step + 1} skipped, the weights unchanged: loss {step_loss}, "
+                    f"gradient norm {grad_norm}")
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             global_step += 1
@@ -303,8 +309,8 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
             emit("progress", step=global_step, total_steps=total_steps, epoch=epoch, loss=step_loss,
                  avg_loss=sum(window) / len(window), lr=lr_scheduler.get_last_lr()[0],
                  elapsed=time.monotonic() - t0)
-            if not math.isfinite(step_loss):
-                say(f"warning: loss is {step_loss} at step {global_step}")
+            if nonfinite.diverged:
+                raise EpochscopeError(nonfinite.explain(tc.learning_rate, tc.mixed_precision))
             epoch_done = s == steps_per_epoch - 1
             if stop.requested:
                 # A step that also ends the epoch is saved under the epoch's name; ss_epoch counts only
