@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -338,3 +339,62 @@ def test_a_diverging_run_skips_non_finite_steps_and_stops_with_one_clear_error(t
     for stem in saved:
         weights = load_file(str(t.checkpoint_path(stem)))
         assert weights and all(torch.isfinite(w.float()).all() for w in weights.values()), stem
+
+
+def test_a_supervisor_killed_while_paused_leaves_no_frozen_worker_and_the_worker_saves(tmp_path):
+    """kill -9 of `trainer run` while an evaluator's lease has its worker SIGSTOPped. The SIGTERM that the
+    worker gets for its parent's death (PR_SET_PDEATHSIG) stayed pending for ever in the stopped process,
+    which kept its memory (a GPU's, for real) and could wake up in a folder a later run had taken; and an
+    orphan that did take it died of a BrokenPipeError before saving. Now the guard's helper resumes the group,
+    the worker saves a checkpoint and its state at its step and exits, and `--continue` goes on from there."""
+    from shared.pause import lease, pause_request_path
+
+    cfg = write_demo_config(tmp_path / "c.toml", tmp_path / "t", epochs=500)
+    t = Trial(tmp_path / "t")
+    proc = _start(cfg)
+    try:
+        worker = _wait_for_step(t, 3).pgid  # the worker leads its own group
+        write_model(pause_request_path(t.root), lease(seconds=600))  # an evaluator generating, then killed
+        deadline = time.monotonic() + 30
+        while _proc_state(worker) != "T":
+            assert time.monotonic() < deadline, "the supervisor never paused its worker"
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{worker}").exists() or _processes_in(t.root):
+            assert time.monotonic() < deadline, (_proc_state(worker), _processes_in(t.root))
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        for pid in _processes_in(t.root):
+            os.kill(pid, signal.SIGKILL)
+    saved = sorted(t.root.glob("lora-step*.safetensors"))
+    assert len(saved) == 1 and inspect(saved[0]).is_complete, sorted(p.name for p in t.root.iterdir())
+    step = inspect(saved[0]).metadata_int("ss_steps")
+    assert (t.root / f"{saved[0].stem}-state").is_dir()
+    pause_request_path(t.root).unlink()  # the evaluator's lease would run out by itself
+    out = run_cli("trainer", "run", "--config", str(cfg), "--continue", "--steps", "1")
+    assert f"resuming at step {step}" in out.stdout + out.stderr
+    assert read_model(t.status_path, TrainerStatus).step == step + 1
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except OSError:
+        return "gone"
+
+
+def _processes_in(folder) -> list[int]:
+    """Live processes (not zombies) whose command line names ``folder``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _proc_state(int(entry.name)) not in ("Z", "gone"):
+            try:
+                if str(folder) in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found

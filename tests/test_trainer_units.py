@@ -75,8 +75,11 @@ def test_a_non_finite_loss_is_warned_once_per_run_of_them_for_sd_scripts_too(tmp
     trial.root.mkdir()
     sup = Supervisor(SdScriptsBackend(), trial, StatusFile(trial, new_status("sd-scripts")), "lora",
                      console=Console(stream=out, plain_interval_s=1e9))
-    for step, loss in enumerate(["0.5", "nan", "nan", "0.4", "inf", "nan"], start=1):
-        sup._handle(f"steps:  {step * 10}%|█         | {step}/9 [00:01<00:08,  1.00s/it, avr_loss={loss}]")
+    try:
+        for step, loss in enumerate(["0.5", "nan", "nan", "0.4", "inf", "nan"], start=1):
+            sup._handle(f"steps:  {step * 10}%|█         | {step}/9 [00:01<00:08,  1.00s/it, avr_loss={loss}]")
+    finally:
+        sup._tb().close()  # its writer thread, before tmp_path goes
     warnings = [line for line in out.getvalue().splitlines() if line.startswith("warning:")]
     assert [w.split(" at step ")[1].split(":")[0] for w in warnings] == ["2", "5"], warnings
     assert "training.learning_rate" in warnings[0] and "the loss is nan" in warnings[0]

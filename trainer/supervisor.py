@@ -115,9 +115,11 @@ class Supervisor:
         try:
             # guarded: the worker gets SIGTERM when this process dies, even by SIGKILL (PR_SET_PDEATHSIG,
             # set just before it execs, so no preexec_fn runs in this threaded process): an orphan would
-            # go on training in a folder whose lock is free.
-            proc = subprocess.Popen(guarded(spec.argv), env=env, cwd=spec.cwd, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+            # go on training in a folder whose lock is free. A group left paused by this process's death is
+            # resumed by the guard's helper, so that SIGTERM is taken.
+            proc = subprocess.Popen(guarded(spec.argv, resume_if_orphaned=True), env=env, cwd=spec.cwd,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
         except BaseException:
             for s, handler in old.items():
                 signal.signal(s, handler)

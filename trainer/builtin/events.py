@@ -7,18 +7,35 @@ training.log like any backend output.
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Any
+from typing import IO, Any
 
 PREFIX = "@@epochscope "
 
 
 def emit(event: str, **fields: Any) -> None:
-    print(PREFIX + json.dumps({"event": event, **fields}), flush=True)
+    _print(PREFIX + json.dumps({"event": event, **fields}))
 
 
 def say(text: str) -> None:
-    print(text, flush=True)
+    _print(text)
+
+
+def _print(text: str, stream: IO[str] | None = None) -> None:
+    """Print, or when the supervisor is gone (kill -9: the read end of our pipes is closed), write nowhere
+    from now on: the SIGTERM its death sent must still end in a saved checkpoint, not a BrokenPipeError."""
+    stream = stream or sys.stdout
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for out in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, out.fileno())
+            except (OSError, ValueError):
+                pass
+        os.close(devnull)
 
 
 def decode(line: str) -> dict[str, Any] | None:
@@ -35,5 +52,5 @@ def decode(line: str) -> dict[str, Any] | None:
 
 def fail(message: str, code: int = 2) -> int:
     emit("error", message=message)
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    _print(f"error: {message}", sys.stderr)
     return code

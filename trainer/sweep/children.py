@@ -19,9 +19,15 @@ from typing import IO
 PR_SET_PDEATHSIG = 1
 
 
-def guarded(argv: list[str], python: str = sys.executable) -> list[str]:
-    """``argv`` wrapped so that it receives SIGTERM when the calling process dies."""
-    return [python, "-m", "trainer.sweep.children", str(os.getpid()), *argv]
+RESUME_ORPHAN = "--resume-if-orphaned"
+ORPHAN_POLL_S = 0.2
+
+
+def guarded(argv: list[str], python: str = sys.executable, resume_if_orphaned: bool = False) -> list[str]:
+    """``argv`` wrapped so that it receives SIGTERM when the calling process dies. ``resume_if_orphaned``:
+    for a group the caller may SIGSTOP (a paused trainer), see :func:`_start_orphan_resumer`."""
+    return [python, "-m", "trainer.sweep.children", *([RESUME_ORPHAN] if resume_if_orphaned else []),
+            str(os.getpid()), *argv]
 
 
 def spawn(argv: list[str], env: dict[str, str], out: IO[bytes] | None = None) -> subprocess.Popen:
@@ -114,7 +120,7 @@ def _watch_dir(args: list[str]) -> str | None:
     return None
 
 
-def _exec_guarded(parent: int, argv: list[str]) -> None:
+def _exec_guarded(parent: int, argv: list[str], resume_if_orphaned: bool = False) -> None:
     import ctypes
 
     try:
@@ -123,8 +129,49 @@ def _exec_guarded(parent: int, argv: list[str]) -> None:
         pass  # not Linux: the sweep's own cleanup (and the next run's orphan check) must do
     if os.getppid() != parent:  # the parent died before the guard was set
         sys.exit(143)
+    if resume_if_orphaned:
+        _start_orphan_resumer(parent)
     os.execvp(argv[0], argv)
 
 
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm) state": the parent's pid
+
+
+def _start_orphan_resumer(parent: int) -> None:
+    """A stopped process takes no signal but SIGKILL and SIGCONT: if the supervisor dies (kill -9) while it
+    has the training group paused, the SIGTERM that PR_SET_PDEATHSIG sends stays pending for ever, and the
+    frozen worker keeps its GPU memory and can wake up later in a folder another run has taken. So a small
+    process forked here, in a session of its own (the group's SIGSTOP passes it by), looks a few times a
+    second: once the worker's parent is no longer ``parent`` it SIGCONTs the group, which then takes its
+    SIGTERM (the built-in worker saves and exits). It ends when the worker does."""
+    worker = os.getpid()  # after exec, the worker: the leader of its own group (start_new_session)
+    if os.fork() != 0:
+        return
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)  # the supervisor reads the worker's pipes to EOF: hold none of them open
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        import time
+
+        while os.getppid() == worker:  # reparented: the worker has gone
+            if _parent_of(worker) not in (parent, None):
+                os.killpg(worker, signal.SIGCONT)
+                break
+            time.sleep(ORPHAN_POLL_S)
+    except BaseException:  # noqa: BLE001 - a helper must never outlive its job by an exception
+        pass
+    finally:
+        os._exit(0)
+
+
 if __name__ == "__main__":
-    _exec_guarded(int(sys.argv[1]), sys.argv[2:])
+    resume = sys.argv[1] == RESUME_ORPHAN
+    args = sys.argv[2:] if resume else sys.argv[1:]
+    _exec_guarded(int(args[0]), args[1:], resume_if_orphaned=resume)
