@@ -34,7 +34,7 @@ from evaluator.pipeline import pick_device
 from evaluator.scoring import Models, Scored, TrialContext, score, write_outputs
 from evaluator.settings import Overrides, settings_for
 from evaluator.tensorboard_log import close_writers
-from shared.errors import EpochscopeError, FileFormatError
+from shared.errors import EpochscopeError, FileFormatError, disk_full
 from shared.jsonio import read_model_or_none, remove_temp_files, write_model
 from shared.liveness import trainer_done
 from shared.records import EvalEntry, EvaluationSummary, StopRequest, TrainerStatus
@@ -43,6 +43,8 @@ from shared.stat_cache import StatCache
 from shared.trial import BASELINE, CheckpointFile, Trial
 
 log = logging.getLogger("epochscope.evaluator")
+
+DISK_FULL_RETRY_S = 30.0  # a full disk: how long scoring waits before it tries again
 
 
 @dataclass
@@ -135,6 +137,8 @@ class Daemon:
         self._signals = 0
         self.scored = 0
         self._all_final_since: float | None = None
+        self.disk_full: str | None = None  # set by a write that found no space; the loop waits, then retries
+        self._disk_full_since: float | None = None
         self.writer = BackgroundWriter(self._draw_report, maxsize=max(1, options.write_queue),
                                        after_job=self.wake.set)
 
@@ -173,6 +177,13 @@ class Daemon:
             return None
         if self.locked.pop(trial.root, None) is not None:
             log.info("%s: the other evaluator stopped; serving it now", trial.name)
+        try:
+            return self._take_on(trial, source, settings, lock)
+        except BaseException:
+            lock.release()  # a full disk on the first save: the next attempt takes the lock again
+            raise
+
+    def _take_on(self, trial: Trial, source: Source, settings, lock: TrialLock) -> _Served:
         removed = _remove_leftover_temp_files(trial)
         if removed:
             log.info("%s: removed %d temporary file(s) left by a killed writer", trial.name, removed)
@@ -365,12 +376,15 @@ class Daemon:
             self._finish(s, entry, f"{what} disappeared while being scored: {e}", summary=False)
             log.warning("%s: %s disappeared while being scored", s.trial.name, what)
             return
-        except (EpochscopeError, FileFormatError) as e:
-            self._failed(s, entry, f"{what}: {e}")
-            return
         except Exception as e:  # noqa: BLE001 - containment: one version's failure never stops the daemon
-            log.debug("scoring %s failed", what, exc_info=True)
-            self._failed(s, entry, f"{what}: {type(e).__name__}: {e}")
+            if disk_full(e):  # not the version's failure: the loop waits for room, then scores it again
+                s.ledger.release(entry)
+                raise
+            if isinstance(e, EpochscopeError):  # FileFormatError is one
+                self._failed(s, entry, f"{what}: {e}")
+            else:
+                log.debug("scoring %s failed", what, exc_info=True)
+                self._failed(s, entry, f"{what}: {type(e).__name__}: {e}")
             return
         m = result.metrics
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
@@ -395,6 +409,13 @@ class Daemon:
             self._finished(s, key)
 
         def on_error(e: BaseException) -> None:
+            if disk_full(e):  # scored again once there is room
+                self._no_space(e, f"writing the files of {what}")
+                try:
+                    s.ledger.release(entry)
+                finally:
+                    self._finished(s, key)
+                return
             reason = f"{what}: {e}" if isinstance(e, EpochscopeError) else f"{what}: {type(e).__name__}: {e}"
             log.error("%s: %s failed: %s", s.trial.name, entry.name, reason)
             try:
@@ -403,9 +424,7 @@ class Daemon:
                 s.ledger.finish(entry, error=reason)
                 self._finished(s, key)
 
-        with s.pending_lock:
-            s.pending[key] = _Pending(scored.folder.name, scored=scored)
-        s.ledger.scored(entry)
+        self._hand_over(s, entry, _Pending(scored.folder.name, scored=scored))
         self.writer.submit(Job(f"{s.trial.name} {entry.name}", run, on_error))
 
     def _finished(self, s: _Served, key: str) -> None:
@@ -429,10 +448,22 @@ class Daemon:
         def on_error(e: BaseException) -> None:
             log.error("%s: could not record the end of %s: %s", s.trial.name, entry.name, e)
 
-        with s.pending_lock:
-            s.pending[key] = _Pending(None, failure=(entry.name, error) if summary and error else None)
-        s.ledger.scored(entry)
+        self._hand_over(s, entry, _Pending(None, failure=(entry.name, error) if summary and error else None))
         self.writer.submit(Job(f"{s.trial.name} {entry.name}", run, on_error))
+
+    @staticmethod
+    def _hand_over(s: _Served, entry: EvalEntry, pending: _Pending) -> None:
+        """Mark a version in flight (its files are the writer's now) and ``pending`` in the ledger; if the
+        ledger cannot be saved (a full disk), neither: it is scored again once there is room."""
+        with s.pending_lock:
+            s.pending[entry.key] = pending
+        try:
+            s.ledger.scored(entry)
+        except BaseException:
+            with s.pending_lock:
+                s.pending.pop(entry.key, None)
+            s.ledger.release(entry)
+            raise
 
     def _failed(self, s: _Served, entry: EvalEntry, reason: str) -> None:
         log.error("%s: %s failed: %s", s.trial.name, entry.name, reason)
@@ -511,6 +542,41 @@ class Daemon:
             return now - self._all_final_since >= self.opt.root_idle_exit
         return True
 
+    # ------------------------------------------------------------------ a full disk
+
+    def _cycle_unless_disk_full(self) -> int:
+        try:
+            ran = self.cycle()
+        except Exception as e:
+            if not disk_full(e):
+                raise
+            self._no_space(e, "saving the evaluator's files")
+            return 0
+        if ran and self.disk_full is None and self._disk_full_since is not None:
+            log.info("there is space on disk again: scoring goes on")
+            self._disk_full_since = None
+        return ran
+
+    def _no_space(self, e: BaseException, doing: str) -> None:
+        """A write found the disk full (on the scoring thread or the writer's): nothing is recorded failed
+        for it; the loop waits and tries again."""
+        where = getattr(disk_full(e), "filename", None) or self.root
+        self.disk_full = f"no space left on device ({doing}: {where})"
+        if self._disk_full_since is None:
+            self._disk_full_since = time.monotonic()
+            log.error("%s; nothing is recorded failed for it: scoring waits and tries again every %.0f s "
+                      "until there is room", self.disk_full, DISK_FULL_RETRY_S)
+        else:
+            log.warning("%s, still", self.disk_full)
+        self.wake.set()
+
+    def _wait_for_space(self) -> None:
+        deadline = time.monotonic() + DISK_FULL_RETRY_S
+        while not self.stopping and time.monotonic() < deadline:
+            self.wake.wait(max(0.0, deadline - time.monotonic()))
+            self.wake.clear()
+        self.disk_full = None  # the next pass finds out
+
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
         self._signals += 1
         self.stopping = True
@@ -530,13 +596,20 @@ class Daemon:
         try:
             log.info("evaluator watching %s on %s", self.root, self.device or "the device its config names")
             while not self.stopping:
-                ran = self.cycle()
+                ran = self._cycle_unless_disk_full()
                 if self.opt.once:
-                    while ran and not self.stopping:  # what changed during the pass (a file replaced) too
-                        ran = self.cycle()
+                    while ran and not self.stopping and self.disk_full is None:  # what changed during the pass too
+                        ran = self._cycle_unless_disk_full()
+                    self.writer.drain()
+                    if self.disk_full is not None:
+                        raise EpochscopeError(f"{self.disk_full}: free some space and run again (what was scored "
+                                              "and written is kept; the rest is scored then)")
                     if not self.served and self.mode() is None:
                         raise EpochscopeError(f"--dir {self.root}: no trial, sweep root or checkpoint there")
                     return 0
+                if self.disk_full is not None:
+                    self._wait_for_space()
+                    continue
                 if self.opt.exit_when_done and self.is_done():
                     log.info("every checkpoint is scored and nothing more is coming (%d this session): exiting",
                              self.scored)

@@ -74,8 +74,23 @@ class Ledger:
 
     def start(self, entry: EvalEntry) -> None:
         with self._lock:
+            before = entry.status, entry.attempts, entry.started_at, entry.error
             entry.status, entry.attempts, entry.started_at, entry.error = "running", entry.attempts + 1, utcnow(), None
-            self.save()
+            try:
+                self.save()
+            except OSError:  # not on disk, so not started: a disk-full retry must not count attempts
+                entry.status, entry.attempts, entry.started_at, entry.error = before
+                raise
+
+    def release(self, entry: EvalEntry) -> None:
+        """Not scored after all, for a reason that is not the version's (the disk was full): ``pending``
+        again, and the attempt does not count towards quarantine. Saved if the disk lets it."""
+        with self._lock:
+            entry.status, entry.attempts = "pending", max(0, entry.attempts - 1)
+            try:
+                self.save()
+            except OSError:
+                pass  # the file still says running (one attempt): a restart scores it again
 
     def scored(self, entry: EvalEntry) -> None:
         """Generation and metrics ended; the files are being written. Back to ``pending`` (``done`` comes

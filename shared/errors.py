@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -28,3 +29,14 @@ class ConfigError(FileFormatError):
 
 class CheckpointError(EpochscopeError):
     """A checkpoint file is corrupt or unreadable."""
+
+
+def disk_full(e: BaseException | None) -> OSError | None:
+    """The OSError behind ``e`` (itself, or what it was raised from) if a write failed for want of space or
+    quota: the machine's state, never the fault of the file being written, so nothing is recorded failed
+    for it; the work waits and is done again once there is room."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return e
+        e = e.__cause__
+    return None

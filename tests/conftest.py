@@ -103,3 +103,38 @@ def copy_trial(src, dest: Path, with_status: bool = True):
         if p.suffix == ".safetensors" or p.name == "params.json" or (with_status and p.name == "trainer_status.json"):
             shutil.copy2(p, dest / p.name)
     return Trial(dest)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MB tmpfs (a real file system that fills up), mounted for the test; root only. ``resize_disk``
+    changes its size, ``fill_disk`` fills it."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system to fill needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def resize_disk(disk: Path, megabytes: int) -> None:
+    import subprocess
+
+    subprocess.run(["mount", "-o", f"remount,size={megabytes}m", str(disk)], check=True, capture_output=True)
+
+
+def fill_disk(disk: Path, leave_kb: int) -> Path:
+    """Fill ``disk`` up to ``leave_kb`` KiB free with one file; returns it (delete it to free the space)."""
+    import shutil
+
+    filler = disk / "filler"
+    free_kb = shutil.disk_usage(disk).free // 1024
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, free_kb - leave_kb) * 1024)
+    return filler

@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import REPO_ROOT, copy_trial, run_cli
+from conftest import REPO_ROOT, copy_trial, fill_disk, run_cli
 from shared.jsonio import read_model
 from shared.records import EvaluationState, EvaluationSummary, TrainerStatus
 from shared.trial import Trial
@@ -253,3 +254,38 @@ def test_after_an_out_of_memory_the_batch_size_that_fitted_is_kept_and_images_do
     for a, b, c in zip(reference, first, second):
         np.testing.assert_allclose(a, b, atol=1e-5)  # each sample's noise is its own: same image in any batch
         np.testing.assert_allclose(a, c, atol=1e-5)
+
+
+def test_a_full_disk_is_waited_out_never_recorded_as_a_failure(small_disk, trained_trial):
+    """A disk that fills up while the evaluator writes (samples, the ledger) is the machine's state, not the
+    checkpoints' fault. Before: `evaluator run` said "internal error", the daemon died, and a version whose
+    files could not be written was recorded failed for good. Now `evaluator run` stops with one clear line
+    (exit 2, nothing recorded failed) and the daemon keeps running, waits, and once there is room scores
+    everything; every version ends done, none failed."""
+    t = copy_trial(trained_trial, small_disk / "trial")
+    _finished(t)
+    filler = fill_disk(small_disk, leave_kb=48)  # room for a few files, not for everything
+    once = run_cli("evaluator", "run", "--dir", str(t.root), *FAST, check=False)
+    assert once.returncode == 2, once.stdout + once.stderr
+    assert "no space left on device" in once.stderr and "free some space" in once.stderr, once.stderr
+    assert "internal error" not in once.stderr
+    assert not [e for e in _state(t).entries.values() if e.status == "failed"]
+
+    log = small_disk.parent / "watch.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "evaluator", "watch", "--dir", str(t.root), *FAST,
+                                 "--exit-when-done"], cwd=REPO_ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait(lambda: "no space left on device" in log.read_text(), 120, "the daemon to find the disk full")
+        time.sleep(1.0)
+        assert proc.poll() is None, log.read_text()
+        filler.unlink()
+        assert proc.wait(timeout=180) == 0, log.read_text()
+    finally:
+        proc.kill()
+    state = _state(t)
+    assert state.entries and all(e.status == "done" for e in state.entries.values()), state
+    summary = _summary(t)
+    assert {c.stem for c in t.checkpoints()} <= set(summary.checkpoints), sorted(summary.checkpoints)
+    assert all(e.metrics.failure_rate == 0.0 for e in summary.checkpoints.values())
+    assert "there is space on disk again" in log.read_text()

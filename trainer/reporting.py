@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TextIO
 
+from shared.errors import disk_full
 from shared.jsonio import write_model
 from shared.liveness import HEARTBEAT_S
 from shared.records import TrainerStatus, utcnow
@@ -36,6 +37,7 @@ class StatusFile:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._disk_full = False
 
     def update(self, **fields) -> None:
         with self._lock:
@@ -49,7 +51,17 @@ class StatusFile:
             now = self._clock()
             if force or self._dirty or now - self._last_write >= HEARTBEAT_S:
                 self.status.updated_at = utcnow()
-                write_model(self.trial.status_path, self.status)
+                try:
+                    write_model(self.trial.status_path, self.status)
+                except OSError as e:
+                    if not disk_full(e):
+                        raise
+                    if not self._disk_full:  # training goes on; the status is written once there is room
+                        print(f"warning: cannot write {self.trial.status_path}: no space left on device",
+                              file=sys.stderr, flush=True)
+                    self._disk_full = True
+                    return
+                self._disk_full = False
                 self._last_write = now
                 self._dirty = False
 

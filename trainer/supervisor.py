@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.jsonio import read_model_or_none
-from shared.errors import FileFormatError
+from shared.errors import FileFormatError, disk_full
 from shared.pause import PauseRequest, pause_request_path
 from shared.records import StopRequest, TrainerStatus, utcnow
 from shared.safetensors_info import inspect
@@ -95,6 +95,7 @@ class Supervisor:
         self._t0 = time.monotonic()
         self._first_step: tuple[int, float] | None = None
         self._loss_not_finite = False  # warned for the current run of non-finite losses
+        self._log_full = False  # warned that training.log cannot be written (a full disk)
         self._pause = PauseGuard(trial, status, self.console)
 
     # ---------------------------------------------------------------- signals
@@ -142,7 +143,7 @@ class Supervisor:
                 if line is None:
                     open_streams -= 1
                 elif line:
-                    _log(log_file, line)
+                    self.log_line(log_file, line)
                     self._handle(line)
                 self._collect()
                 if self._stopping.reason is None:
@@ -164,7 +165,7 @@ class Supervisor:
                         if item is None:
                             open_streams -= 1
                         else:
-                            _log(log_file, item)
+                            self.log_line(log_file, item)
                             self._handle(item)
                     break
         finally:
@@ -254,6 +255,20 @@ class Supervisor:
             self._loss_not_finite = True
             self.console.message(f"warning: the loss is {loss} at step {step}: training may be diverging "
                                  f"(a lower training.learning_rate usually helps)")
+
+    def log_line(self, log_file, line: str) -> None:
+        """One line of training.log (an unbuffered binary file), on disk at once: ``tail -f`` follows it,
+        and a crash loses nothing. A full disk loses lines (said once), never the run."""
+        try:
+            log_file.write((line + "\n").encode("utf-8", "replace"))
+            self._log_full = False
+        except OSError as e:
+            if not disk_full(e):
+                raise
+            if not self._log_full:
+                self._log_full = True
+                self.console.message("warning: training.log: no space left on device; its lines are lost "
+                                     "until there is room")
 
     _tb_writer: TensorBoardScalars | None = None
 
@@ -386,10 +401,6 @@ class PauseGuard:
             self.status.update(paused=False)
 
 
-def _log(log_file, line: str) -> None:
-    """One line of training.log, on disk at once: ``tail -f`` follows it, and a crash loses nothing."""
-    log_file.write(line + "\n")
-    log_file.flush()
 
 
 def _finite(x: float | None) -> float | None:

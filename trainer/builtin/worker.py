@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import timezone
 from pathlib import Path
 
-from shared.errors import EpochscopeError
+from shared.errors import EpochscopeError, disk_full
 from shared.jsonio import read_model
 from shared.naming import epoch_stem, step_stem
 from shared.records import Params
@@ -212,12 +212,18 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
     def save(stem: str, epoch: int) -> None:
         """The checkpoint first, then its state: a state (what --continue resumes from) never exists
         without its checkpoint, so a kill between the two is redone by the resumed run."""
-        weights = write_checkpoint(stem, epoch)
-        if tc.save_state:
-            counters = state.Counters(step=global_step, epoch=epoch, total_steps=total_steps, total_epochs=total_epochs,
-                                      steps_per_epoch=steps_per_epoch, seed=tc.seed, output_name=cfg.output.name,
-                                      schedule_steps=schedule_steps)
-            state.save_state(trial.state_dir(stem), counters, weights, optimizer, lr_scheduler)
+        try:
+            weights = write_checkpoint(stem, epoch)
+            if tc.save_state:
+                counters = state.Counters(step=global_step, epoch=epoch, total_steps=total_steps,
+                                          total_epochs=total_epochs, steps_per_epoch=steps_per_epoch, seed=tc.seed,
+                                          output_name=cfg.output.name, schedule_steps=schedule_steps)
+                state.save_state(trial.state_dir(stem), counters, weights, optimizer, lr_scheduler)
+        except Exception as e:
+            error = _no_room(e, trial.root, stem)
+            if error is None:
+                raise
+            raise error from e
 
     if resume is not None and counters is not None:
         _restore_missing_checkpoint(trial, resume, cfg.output.name, counters.epoch, write_checkpoint)
@@ -332,6 +338,25 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
     save(cfg.output.name, global_step // steps_per_epoch)  # completed epochs: a partial one is not counted
     say(f"training finished: {global_step} steps")
     return 0
+
+
+LOW_DISK_BYTES = 1 << 30  # a save that fails with less than this free was most likely the disk
+
+
+def _no_room(e: Exception, folder: Path, stem: str) -> EpochscopeError | None:
+    """The error to stop with when saving ``stem`` failed for want of disk space, else None. torch.save
+    reports a full disk as a bare RuntimeError ("iostream error"), so the free space decides too."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if disk_full(e) is None and free >= LOW_DISK_BYTES:
+        return None
+    return EpochscopeError(f"no space left on device: saving {stem} in {folder} failed with {free / 2**20:.0f} MB "
+                           f"free ({type(e).__name__}: {e}); free some space, then `trainer run --continue` "
+                           "resumes from the last complete state")
 
 
 def _written_before(path: Path, step: int) -> bool:

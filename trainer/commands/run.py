@@ -177,9 +177,9 @@ def _run_locked(args: argparse.Namespace, config: RunConfig, trial: Trial, backe
                     + (f", resuming at step {resume.step}" if resume else ""))
     supervisor = Supervisor(backend, trial, status, config.output.name, console,
                             StopPolicy(args.stop_timeout, args.stop_timeout), resume)
-    with open(trial.log_path, "a", encoding="utf-8", buffering=1) as log:  # line-buffered: `tail -f` follows
-        log.write(f"$ {spec.printable()}\n")
-        log.flush()
+    # Unbuffered: `tail -f` follows, and a line a full disk refused is lost, not left to fail again at close.
+    with open(trial.log_path, "ab", buffering=0) as log:
+        supervisor.log_line(log, f"$ {spec.printable()}")
         outcome = supervisor.run(spec, log)
     for sig in (signal.SIGINT, signal.SIGTERM):  # the work has ended: let nothing interrupt the record of it
         signal.signal(sig, signal.SIG_IGN)
