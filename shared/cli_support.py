@@ -8,7 +8,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from shared.errors import EpochscopeError
+from shared.errors import EpochscopeError, disk_full
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # our bug or an unexpected environment problem
@@ -32,6 +32,13 @@ def run_command(func: Command, args: argparse.Namespace, prog: str) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - the last line of defence
+        full = disk_full(e)
+        if full is not None:  # the machine's state, not our bug: say which file, not "internal error"
+            where = f" writing {full.filename}" if full.filename else ""
+            print(f"{prog}: error: no space left on device{where}: free some space and run it again",
+                  file=sys.stderr)
+            log.debug("traceback", exc_info=True)
+            return EXIT_USER_ERROR
         if getattr(args, "debug", False):
             traceback.print_exc()
         hint = "" if getattr(args, "debug", False) else " (rerun with --debug for the traceback)"

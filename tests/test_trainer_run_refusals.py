@@ -306,3 +306,16 @@ def test_status_says_cpu_when_auto_finds_no_gpu(finished, monkeypatch):
     assert supervisor.new_status("builtin", "r", "cpu").gpus == "cpu"
     if not torch.cuda.is_available():  # the real run's status on this machine
         assert read_model(finished[1].status_path, TrainerStatus).gpus == "cpu"
+
+
+def test_a_full_disk_at_start_is_one_clear_line_not_an_internal_error(tmp_path, small_disk):
+    """An output folder on a full file system: the first contract file cannot be written. One line naming
+    the file and the cause, exit 2 (before: "internal error: OSError: [Errno 28] ...")."""
+    from conftest import fill_disk, run_cli, write_demo_config
+
+    fill_disk(small_disk, leave_kb=0)
+    cfg = write_demo_config(tmp_path / "c.toml", small_disk / "t")
+    out = run_cli("trainer", "run", "--config", str(cfg), "--new", check=False)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "internal error" not in out.stderr
+    assert f"no space left on device writing {small_disk / 't'}" in out.stderr, out.stderr
