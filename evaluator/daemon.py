@@ -138,7 +138,7 @@ class Daemon:
         self.scored = 0
         self._all_final_since: float | None = None
         self.disk_full: str | None = None  # set by a write that found no space; the loop waits, then retries
-        self._disk_full_since: float | None = None
+        self._disk_full_said = False  # the current full-disk episode has been logged as an error
         self.writer = BackgroundWriter(self._draw_report, maxsize=max(1, options.write_queue),
                                        after_job=self.wake.set)
 
@@ -552,9 +552,9 @@ class Daemon:
                 raise
             self._no_space(e, "saving the evaluator's files")
             return 0
-        if ran and self.disk_full is None and self._disk_full_since is not None:
+        if ran and self.disk_full is None and self._disk_full_said:
             log.info("there is space on disk again: scoring goes on")
-            self._disk_full_since = None
+            self._disk_full_said = False
         return ran
 
     def _no_space(self, e: BaseException, doing: str) -> None:
@@ -562,8 +562,8 @@ class Daemon:
         for it; the loop waits and tries again."""
         where = getattr(disk_full(e), "filename", None) or self.root
         self.disk_full = f"no space left on device ({doing}: {where})"
-        if self._disk_full_since is None:
-            self._disk_full_since = time.monotonic()
+        if not self._disk_full_said:
+            self._disk_full_said = True
             log.error("%s; nothing is recorded failed for it: scoring waits and tries again every %.0f s "
                       "until there is room", self.disk_full, DISK_FULL_RETRY_S)
         else:

@@ -138,3 +138,12 @@ def fill_disk(disk: Path, leave_kb: int) -> Path:
     with open(filler, "wb") as f:
         f.write(b"\0" * max(0, free_kb - leave_kb) * 1024)
     return filler
+
+
+def proc_state(pid: int) -> str:
+    """A process's state letter from /proc (``T`` stopped, ``Z`` zombie, ...), or "gone"."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except OSError:
+        return "gone"

@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT, run_cli, write_demo_config
+from _sweep_helpers import kill_all_under, python_pids_under
+from conftest import REPO_ROOT, proc_state, run_cli, write_demo_config
 from shared.jsonio import read_model, write_model
 from shared.records import Params, StopRequest, TrainerStatus
 from shared.safetensors_info import inspect
@@ -356,19 +357,18 @@ def test_a_supervisor_killed_while_paused_leaves_no_frozen_worker_and_the_worker
         worker = _wait_for_step(t, 3).pgid  # the worker leads its own group
         write_model(pause_request_path(t.root), lease(seconds=600))  # an evaluator generating, then killed
         deadline = time.monotonic() + 30
-        while _proc_state(worker) != "T":
+        while proc_state(worker) != "T":
             assert time.monotonic() < deadline, "the supervisor never paused its worker"
             time.sleep(0.05)
         proc.kill()
         proc.wait(timeout=30)
         deadline = time.monotonic() + 60
-        while Path(f"/proc/{worker}").exists() or _processes_in(t.root):
-            assert time.monotonic() < deadline, (_proc_state(worker), _processes_in(t.root))
+        while Path(f"/proc/{worker}").exists() or python_pids_under(t.root):
+            assert time.monotonic() < deadline, (proc_state(worker), python_pids_under(t.root))
             time.sleep(0.1)
     finally:
         proc.kill()
-        for pid in _processes_in(t.root):
-            os.kill(pid, signal.SIGKILL)
+        kill_all_under(t.root)
     saved = sorted(t.root.glob("lora-step*.safetensors"))
     assert len(saved) == 1 and inspect(saved[0]).is_complete, sorted(p.name for p in t.root.iterdir())
     step = inspect(saved[0]).metadata_int("ss_steps")
@@ -378,48 +378,3 @@ def test_a_supervisor_killed_while_paused_leaves_no_frozen_worker_and_the_worker
     assert f"resuming at step {step}" in out.stdout + out.stderr
     assert read_model(t.status_path, TrainerStatus).step == step + 1
 
-
-def _proc_state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0].decode()
-    except OSError:
-        return "gone"
-
-
-def _processes_in(folder) -> list[int]:
-    """Live processes (not zombies) whose command line names ``folder``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and _proc_state(int(entry.name)) not in ("Z", "gone"):
-            try:
-                if str(folder) in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
-
-
-def test_a_full_disk_stops_the_run_with_one_clear_error_and_continue_resumes(tmp_path, small_disk):
-    """Checkpoints every epoch into a 3 MB file system. Before: the supervisor died of an OSError at the
-    status file ("internal error"), the status said "running", and a half-written state folder stayed.
-    Now the run fails naming the disk and `--continue`; nothing half-written is left; and once there is
-    room, `--continue` resumes from the last complete state and finishes."""
-    from conftest import resize_disk
-
-    resize_disk(small_disk, 3)
-    cfg = write_demo_config(tmp_path / "c.toml", small_disk / "t", epochs=20)
-    out = run_cli("trainer", "run", "--config", str(cfg), "--new", check=False)
-    t = Trial(small_disk / "t")
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert "internal error" not in out.stderr
-    status = read_model(t.status_path, TrainerStatus)
-    assert status.state == "failed" and "no space left on device" in status.message, status
-    assert "--continue" in status.message
-    assert not list(t.root.glob(".*.tmp")), sorted(p.name for p in t.root.iterdir())
-    states = sorted(p.name for p in t.root.glob("lora-*-state"))
-    assert states, "some epochs were saved before the disk filled"
-    resize_disk(small_disk, 64)
-    out = run_cli("trainer", "run", "--config", str(cfg), "--continue")
-    assert read_model(t.status_path, TrainerStatus).state == "finished"
-    assert inspect(t.checkpoint_path("lora")).metadata_int("ss_steps") == 80

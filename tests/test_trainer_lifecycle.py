@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import write_demo_config
+from conftest import proc_state, write_demo_config
 from shared.folder_lock import FolderLock, trainer_lock_path
 from shared.jsonio import read_model, write_model
 from shared.liveness import trainer_state
@@ -222,21 +222,16 @@ def test_params_keep_a_history_across_continuations(tmp_path):
 # ---------------------------------------------------------------- pause-trainer cannot wedge (fault 6)
 
 
-def _proc_state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return f.read().rsplit(b")", 1)[1].split()[0].decode()
-
-
 def _wait_state(pid: int, want: set[str], timeout: float = 5.0) -> str:
     import time
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        st = _proc_state(pid)
+        st = proc_state(pid)
         if st in want:
             return st
         time.sleep(0.02)
-    return _proc_state(pid)
+    return proc_state(pid)
 
 
 @pytest.fixture
@@ -264,7 +259,7 @@ def test_a_pause_lease_pauses_and_ends_by_itself(tmp_path, sleeping_group):
     assert _wait_state(pgid, {"T"}) == "T" and status.status.paused
     now[0] = T0 + timedelta(seconds=29)
     guard.check(pgid)
-    assert _proc_state(pgid) == "T"
+    assert proc_state(pgid) == "T"
     now[0] = T0 + timedelta(seconds=31)  # the lease ran out: nobody renewed it
     guard.check(pgid)
     assert _wait_state(pgid, {"S", "R"}) in {"S", "R"} and not status.status.paused

@@ -40,9 +40,9 @@ class NonFiniteSteps:
 
     def explain(self, learning_rate: float, mixed_precision: str) -> str:
         """The error a diverged run stops with: what happened, what was kept, what to change."""
-        last = (self.first or 1) + self.in_a_row - 1
+        first = self.first or 1
         hint = ' or mixed_precision = "bf16" instead of "fp16"' if mixed_precision == "fp16" else ""
         return (f"training diverged: the loss or the gradients were not finite for {self.in_a_row} steps in a row "
-                f"(steps {self.first}-{last}); those steps were skipped, so the weights are still step "
-                f"{(self.first or 1) - 1}'s and the checkpoints saved so far are kept. Lower training.learning_rate "
+                f"(steps {first}-{first + self.in_a_row - 1}); those steps were skipped, so the weights are still "
+                f"step {first - 1}'s and the checkpoints saved so far are kept. Lower training.learning_rate "
                 f"(now {learning_rate:g}){hint}")
