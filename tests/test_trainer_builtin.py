@@ -378,3 +378,27 @@ def test_a_supervisor_killed_while_paused_leaves_no_frozen_worker_and_the_worker
     assert f"resuming at step {step}" in out.stdout + out.stderr
     assert read_model(t.status_path, TrainerStatus).step == step + 1
 
+
+def test_a_full_disk_stops_the_run_with_one_clear_error_and_continue_resumes(tmp_path, small_disk):
+    """Checkpoints every epoch into a 3 MB file system. Before: the supervisor died of an OSError at the
+    status file ("internal error"), the status said "running", and a half-written state folder stayed.
+    Now the run fails naming the disk and `--continue`; nothing half-written is left; and once there is
+    room, `--continue` resumes from the last complete state and finishes."""
+    from conftest import resize_disk
+
+    resize_disk(small_disk, 3)
+    cfg = write_demo_config(tmp_path / "c.toml", small_disk / "t", epochs=20)
+    out = run_cli("trainer", "run", "--config", str(cfg), "--new", check=False)
+    t = Trial(small_disk / "t")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "internal error" not in out.stderr
+    status = read_model(t.status_path, TrainerStatus)
+    assert status.state == "failed" and "no space left on device" in status.message, status
+    assert "--continue" in status.message
+    assert not list(t.root.glob(".*.tmp")), sorted(p.name for p in t.root.iterdir())
+    states = sorted(p.name for p in t.root.glob("lora-*-state"))
+    assert states, "some epochs were saved before the disk filled"
+    resize_disk(small_disk, 64)
+    out = run_cli("trainer", "run", "--config", str(cfg), "--continue")
+    assert read_model(t.status_path, TrainerStatus).state == "finished"
+    assert inspect(t.checkpoint_path("lora")).metadata_int("ss_steps") == 80
