@@ -81,7 +81,7 @@ def load_base_pipeline(base: str, family: Family | None = None, dtype: Any = Non
     cls = pipeline_class(family)
     kwargs: dict[str, Any] = {"local_files_only": True}
     if dtype is not None:
-        kwargs["dtype"] = dtype
+        kwargs[_dtype_keyword()] = dtype
     if family == "sd1" and not safety_checker:
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     try:
@@ -97,8 +97,40 @@ def load_base_pipeline(base: str, family: Family | None = None, dtype: Any = Non
     except Exception as e:  # noqa: BLE001 - diffusers and transformers raise many kinds here
         raise BaseModelError(base, path, f"cannot load the {FAMILY_NAMES[family]} pipeline offline "
                              f"({type(e).__name__}: {e})") from None
+    if loader == "from_pretrained":
+        _refuse_text_encoders_left_random(base, path, pipe)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _dtype_keyword() -> str:
+    """diffusers 0.40 renamed ``torch_dtype`` to ``dtype`` (the old name warns, and goes in 1.0); before 0.40 a
+    ``dtype`` keyword is ignored with a warning, and the pipeline loads in float32: twice the memory on a GPU."""
+    import diffusers
+
+    major, minor = (int(part) for part in diffusers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (0, 40) else "torch_dtype"
+
+
+def _refuse_text_encoders_left_random(base: str, path: Path, pipe: Any) -> None:
+    """transformers loads a text encoder whose file names its weights differently (transformers 5 writes no
+    ``text_model.`` level; transformers 4 reads only that) as random, with a warning in a long log. Samples
+    from it look like a bad LoRA, so the folder is refused instead."""
+    import transformers
+
+    from shared.text_encoder_files import TEXT_ENCODER_DIRS, weights_left_random
+
+    for sub in TEXT_ENCODER_DIRS:
+        model = getattr(pipe, sub, None)
+        if model is None or not (path / sub).is_dir():
+            continue
+        left = weights_left_random(model, path / sub)
+        if left:
+            raise BaseModelError(base, path, f"transformers {transformers.__version__} did not load {sub}/'s "
+                                 f"weights (it left {', '.join(left)} random): the file names them in a way this "
+                                 "transformers does not read (transformers 5 saves them without 'text_model.', "
+                                 "which transformers 4 needs); load it with transformers 5 or later, or save "
+                                 "the folder again with the transformers you use")
 
 
 def _folder_family(base: str, path: Path) -> Family | None:

@@ -178,6 +178,7 @@ def _build_pipeline(dest: Path) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from shared.clip_tokenizer import write_slow_tokenizer_files, write_tokenizer_files
+    from shared.text_encoder_files import write_hub_names
 
     tmp_tok = write_tokenizer_files(dest.parent / ".tokenizer-build")
     torch.manual_seed(0)
@@ -197,6 +198,7 @@ def _build_pipeline(dest: Path) -> None:
     )
     pipe.save_pretrained(dest, safe_serialization=True)
     write_slow_tokenizer_files(dest)
+    write_hub_names(dest)
     import shutil
 
     shutil.rmtree(tmp_tok, ignore_errors=True)
@@ -244,6 +246,7 @@ def _build_sdxl_pipeline(dest: Path) -> None:
 
     from shared.clip_tokenizer import TOKENIZER_2_PAD, write_slow_tokenizer_files, write_tokenizer_files
     from shared.jsonio import build_folder
+    from shared.text_encoder_files import write_hub_names
 
     tok_dir = write_tokenizer_files(dest.parent / ".tokenizer-build-sdxl")
     tok2_dir = write_tokenizer_files(dest.parent / ".tokenizer-build-sdxl-2", pad_token=TOKENIZER_2_PAD)
@@ -265,7 +268,7 @@ def _build_sdxl_pipeline(dest: Path) -> None:
     )
     try:
         build_folder(dest, lambda tmp: (pipe.save_pretrained(tmp, safe_serialization=True),
-                                        write_slow_tokenizer_files(tmp)))
+                                        write_slow_tokenizer_files(tmp), write_hub_names(tmp)))
     finally:
         shutil.rmtree(tok_dir, ignore_errors=True)
         shutil.rmtree(tok2_dir, ignore_errors=True)
@@ -300,12 +303,15 @@ def _build_dino(assets: DemoAssets) -> None:
 
 
 def _build_later_parts(assets: DemoAssets) -> None:
-    """Parts added after ASSETS_VERSION 1 was first built, each built once when missing."""
+    """Parts added (or fixed) after ASSETS_VERSION 1 was first built, each done once when missing."""
     from shared.clip_tokenizer import write_slow_tokenizer_files
+    from shared.text_encoder_files import needs_hub_names, write_hub_names
 
-    slow_tokenizers = all((d / "tokenizer" / "vocab.json").exists()
-                          for d in (assets.pipeline_dir, assets.sdxl_pipeline_dir) if d.is_dir())
-    if slow_tokenizers and assets.dino_config.exists() and (assets.sdxl_pipeline_dir / "model_index.json").exists():
+    pipelines = [d for d in (assets.pipeline_dir, assets.sdxl_pipeline_dir) if d.is_dir()]
+    slow_tokenizers = all((d / "tokenizer" / "vocab.json").exists() for d in pipelines)
+    hub_names = not any(needs_hub_names(d) for d in pipelines)
+    if (slow_tokenizers and hub_names and assets.dino_config.exists()
+            and (assets.sdxl_pipeline_dir / "model_index.json").exists()):
         return
     import fcntl
 
@@ -315,8 +321,9 @@ def _build_later_parts(assets: DemoAssets) -> None:
             _build_dino(assets)
         if not (assets.sdxl_pipeline_dir / "model_index.json").exists():
             _build_sdxl_pipeline(assets.sdxl_pipeline_dir)
-        for folder in (assets.pipeline_dir, assets.sdxl_pipeline_dir):  # transformers 5 wrote tokenizer.json only
-            write_slow_tokenizer_files(folder)
+        for folder in (assets.pipeline_dir, assets.sdxl_pipeline_dir):
+            write_slow_tokenizer_files(folder)  # transformers 5 wrote tokenizer.json only
+            write_hub_names(folder)  # ... and text-encoder keys that transformers 4 loads as missing
 
 
 def _draw(shape: str, fill: tuple[int, int, int], bg: tuple[int, int, int], rng: random.Random, size: int):

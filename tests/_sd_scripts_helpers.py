@@ -4,7 +4,7 @@ SD 1.5 and SDXL shapes, so the tiny demo model cannot stand in for them).
 The folder is read by two transformers majors: ours (5.x) writes it, and sd-scripts' own venv (4.x) reads it.
 transformers 5 saves ``CLIPTextModel`` without the ``text_model.`` key prefix that transformers 4 expects, so
 transformers 4 would load the text encoder with every weight missing (that is, random). After saving, the
-text encoder's safetensors file is rewritten with the transformers 4 names, which transformers 5 also reads."""
+text encoder's safetensors file is rewritten with the hub's (transformers 4) names: ``shared.text_encoder_files``."""
 
 from __future__ import annotations
 
@@ -13,64 +13,8 @@ import shutil
 from pathlib import Path
 
 from shared.jsonio import build_folder
+from shared.text_encoder_files import hub_key, write_hub_names
 from _disk import skip_unless_free_disk
-
-TE_PREFIX = "text_model."
-# Top-level keys that transformers 4 keeps outside ``text_model.`` (CLIPTextModelWithProjection's projection).
-TE_TOP_LEVEL = ("text_projection.",)
-
-
-def transformers4_key(key: str) -> str:
-    """The transformers 4 name of a CLIP text-encoder state-dict key (idempotent)."""
-    if key.startswith(TE_PREFIX) or key.startswith(TE_TOP_LEVEL):
-        return key
-    return TE_PREFIX + key
-
-
-TEXT_ENCODER_DIRS = ("text_encoder", "text_encoder_2")  # SDXL's second encoder keeps text_projection. top level
-
-
-def fix_text_encoder_keys(model_dir: Path) -> bool:
-    """Rewrite ``text_encoder/*.safetensors`` and ``text_encoder_2/*.safetensors`` so every key has its
-    transformers 4 name; atomic per file (a temporary file in the same folder, then ``os.replace``).
-    Returns True when a file was rewritten."""
-    changed = False
-    for sub in TEXT_ENCODER_DIRS:
-        changed |= _fix_keys_in(Path(model_dir) / sub)
-    return changed
-
-
-def _fix_keys_in(te_dir: Path) -> bool:
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    changed = False
-    for path in sorted(te_dir.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-            if all(transformers4_key(k) == k for k in keys):
-                continue
-            metadata = f.metadata() or {"format": "pt"}
-            tensors = {transformers4_key(k): f.get_tensor(k) for k in keys}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-            shutil.copymode(path, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        changed = True
-    index = te_dir / "model.safetensors.index.json"
-    if index.exists():  # sharded save: rename the keys in the weight map too
-        import json
-
-        data = json.loads(index.read_text())
-        data["weight_map"] = {transformers4_key(k): v for k, v in data.get("weight_map", {}).items()}
-        tmp = index.with_name(f".{index.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, index)
-    return changed
-
 
 def tokenizer_cache_and_images(root: Path, train_dir: Path, images: int) -> None:
     """What an sd-scripts test run needs beside the model: sd-scripts' tokenizer cache in ``root/tok`` (SD 1.x
@@ -95,7 +39,7 @@ def build_sd15_random(dest: Path) -> Path:
     fixed in place."""
     dest = Path(dest)
     if (dest / "model_index.json").exists():
-        fix_text_encoder_keys(dest)
+        write_hub_names(dest)
         return dest
     skip_unless_free_disk(dest.parent, SD15_RANDOM_GB, "the random full-size SD 1.5 model")
     import torch
@@ -121,7 +65,7 @@ def build_sd15_random(dest: Path) -> Path:
     def build(tmp: Path) -> None:
         pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
         write_slow_tokenizer_files(tmp)
-        fix_text_encoder_keys(tmp)
+        write_hub_names(tmp)
 
     return build_folder(dest, build)
 
@@ -181,7 +125,7 @@ def build_sdxl_random(dest: Path) -> Path:
     Returns ``dest``; an existing folder is used as it is (its text-encoder keys checked)."""
     dest = Path(dest)
     if (dest / "model_index.json").exists():
-        fix_text_encoder_keys(dest)
+        write_hub_names(dest)
         return dest
     skip_unless_free_disk(dest.parent, SDXL_RANDOM_GB, "the random full-size SDXL model")
     import json
@@ -213,7 +157,7 @@ def build_sdxl_random(dest: Path) -> Path:
                 model = cls(config)
             (tmp / sub).mkdir(parents=True)
             config.save_pretrained(tmp / sub)
-            shapes = {transformers4_key(k): tuple(v.shape) for k, v in model.state_dict().items()}
+            shapes = {hub_key(k): tuple(v.shape) for k, v in model.state_dict().items()}
             del model
             _write_random_safetensors(tmp / sub / "model.safetensors", sub, shapes)
         EulerDiscreteScheduler(**sdxl_scheduler_config()).save_config(tmp / "scheduler")

@@ -92,3 +92,56 @@ def test_resolve_demo_names(demo_assets):
     assert resolve_demo("/abs/path") == "/abs/path"
     with pytest.raises(EpochscopeError, match="unknown demo asset"):
         resolve_demo("demo:nope")
+
+
+def _keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys())
+
+
+def _text_encoder_files(demo_assets) -> list[Path]:
+    return sorted(p for d in (demo_assets.pipeline_dir, demo_assets.sdxl_pipeline_dir)
+                  for p in d.glob("text_encoder*/*.safetensors"))
+
+
+def test_text_encoders_are_saved_under_the_hub_names_that_every_transformers_reads(demo_assets):
+    """transformers 5 saves CLIPTextModel without ``text_model.``; transformers 4 (sd-scripts' venv, kohya_ss,
+    older diffusers installs) would load such a file as all-missing, i.e. random. Hub folders (SD 1.5's
+    text_encoder/model.safetensors) name every key ``text_model.…``; ours must too, and ours must read them."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    files = _text_encoder_files(demo_assets)
+    assert len(files) == 3, files
+    for path in files:
+        keys = _keys(path)
+        assert keys and all(k.startswith(("text_model.", "text_projection.")) for k in keys), (path, keys[:3])
+        assert "text_model.encoder.layers.0.self_attn.q_proj.weight" in keys
+        cls = CLIPTextModelWithProjection if path.parent.name == "text_encoder_2" else CLIPTextModel
+        _, info = cls.from_pretrained(str(path.parent), output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+
+
+def test_demo_assets_built_before_the_fix_get_the_hub_names(tmp_path, demo_assets):
+    """A cache built by an earlier version (flat transformers 5 names) is rewritten once, weights unchanged."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from shared.demo_assets import ensure_demo_assets
+
+    old = tmp_path / "demo"
+    shutil.copytree(demo_assets.root, old, ignore=shutil.ignore_patterns(".*"))
+    te = old / "tiny-sd" / "text_encoder" / "model.safetensors"
+    want = {k: v.clone() for k, v in load_file(str(te)).items()}  # not views of the file rewritten next
+    save_file({k.removeprefix("text_model."): v for k, v in want.items()}, str(te), metadata={"format": "pt"})
+    assert not any(k.startswith("text_model.") for k in _keys(te))
+
+    ensure_demo_assets(old)
+    got = load_file(str(te))
+    assert sorted(got) == sorted(want) and all(got[k].equal(want[k]) for k in want)
+    assert not list(te.parent.glob(".*tmp")), "temporary file left behind"
+    before = te.stat().st_mtime_ns
+    ensure_demo_assets(old)
+    assert te.stat().st_mtime_ns == before, "a second call must not rewrite the file"

@@ -23,9 +23,9 @@ import json, sys, torch
 from pathlib import Path
 from safetensors.torch import load_file
 import transformers
-from transformers import CLIPTextModel
 d = Path(sys.argv[1])
-model, info = CLIPTextModel.from_pretrained(str(d), output_loading_info=True)
+cls = getattr(transformers, sys.argv[2] if len(sys.argv) > 2 else "CLIPTextModel")
+model, info = cls.from_pretrained(str(d), output_loading_info=True)
 saved = load_file(str(d / "model.safetensors"))
 state = model.state_dict()
 print(json.dumps({
@@ -47,10 +47,10 @@ def _tiny_clip_dir(dest: Path) -> Path:
     return dest
 
 
-def _load_with_sd_venv(text_encoder_dir: Path) -> dict:
+def _load_with_sd_venv(text_encoder_dir: Path, cls: str = "CLIPTextModel") -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    out = subprocess.run([SD_PY, "-c", LOAD_WITH_TRANSFORMERS4, str(text_encoder_dir)], capture_output=True, text=True,
-                         env=env, timeout=600)
+    out = subprocess.run([SD_PY, "-c", LOAD_WITH_TRANSFORMERS4, str(text_encoder_dir), cls], capture_output=True,
+                         text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -62,19 +62,19 @@ def _safetensors_keys(path: Path) -> list[str]:
         return list(f.keys())
 
 
-def test_key_fix_renames_to_transformers4_names_and_transformers5_still_reads_them(tmp_path):
+def test_hub_names_are_transformers4_names_and_transformers5_still_reads_them(tmp_path):
     from transformers import CLIPTextModel
 
-    from _sd_scripts_helpers import fix_text_encoder_keys, transformers4_key
+    from shared.text_encoder_files import hub_key, write_hub_names
 
-    assert transformers4_key("encoder.layers.0.mlp.fc1.weight") == "text_model.encoder.layers.0.mlp.fc1.weight"
-    assert transformers4_key("text_model.final_layer_norm.bias") == "text_model.final_layer_norm.bias"
-    assert transformers4_key("text_projection.weight") == "text_projection.weight"
+    assert hub_key("encoder.layers.0.mlp.fc1.weight") == "text_model.encoder.layers.0.mlp.fc1.weight"
+    assert hub_key("text_model.final_layer_norm.bias") == "text_model.final_layer_norm.bias"
+    assert hub_key("text_projection.weight") == "text_projection.weight"
     d = _tiny_clip_dir(tmp_path) / "text_encoder"
     before = CLIPTextModel.from_pretrained(str(d)).state_dict()
     written_flat = not all(k.startswith("text_model.") for k in _safetensors_keys(d / "model.safetensors"))
-    assert fix_text_encoder_keys(tmp_path) is written_flat, "renames only the flat names transformers 5 writes"
-    assert fix_text_encoder_keys(tmp_path) is False, "second call must be a no-op"
+    assert write_hub_names(tmp_path) is written_flat, "renames only the flat names transformers 5 writes"
+    assert write_hub_names(tmp_path) is False, "second call must be a no-op"
     keys = _safetensors_keys(d / "model.safetensors")
     assert keys and all(k.startswith("text_model.") for k in keys), keys
     assert not list(d.glob(".*tmp")), "temporary file left behind"
@@ -87,15 +87,28 @@ def test_key_fix_renames_to_transformers4_names_and_transformers5_still_reads_th
 @needs_sd_python
 def test_transformers4_needs_the_fix(tmp_path):
     """Without the rename, sd-scripts' transformers 4 would load every text-encoder weight as random."""
-    from _sd_scripts_helpers import fix_text_encoder_keys
+    from shared.text_encoder_files import write_hub_names
 
     d = _tiny_clip_dir(tmp_path) / "text_encoder"
     r = _load_with_sd_venv(d)
     assert r["version"].startswith("4."), r["version"]
     assert len(r["info"]["missing_keys"]) == len(r["model_keys"]), r["info"]
-    fix_text_encoder_keys(tmp_path)
+    write_hub_names(tmp_path)
     r = _load_with_sd_venv(d)
     assert not any(r["info"].values()), r["info"]
+    assert r["file_keys"] == r["model_keys"] and not r["unequal"]
+
+
+@needs_sd_python
+@pytest.mark.parametrize("folder, cls", [("tiny-sd/text_encoder", "CLIPTextModel"),
+                                         ("tiny-sdxl/text_encoder", "CLIPTextModel"),
+                                         ("tiny-sdxl/text_encoder_2", "CLIPTextModelWithProjection")])
+def test_sd_venv_reads_every_text_encoder_weight_of_the_demo_models(demo_assets, folder, cls):
+    """The demo models are diffusers folders we write; sd-scripts (the demo with backend = "sd-scripts") reads
+    them with transformers 4."""
+    r = _load_with_sd_venv(demo_assets.root / folder, cls)
+    assert r["version"].startswith("4."), r["version"]
+    assert r["info"] == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}, r["info"]
     assert r["file_keys"] == r["model_keys"] and not r["unequal"]
 
 

@@ -117,6 +117,64 @@ def test_pickles_missing_paths_and_non_pipelines_are_refused_naming_the_path(tmp
         load_base_pipeline(str(lora))
 
 
+def test_the_requested_dtype_is_loaded_with_every_supported_diffusers(recwarn):
+    """diffusers 0.40 renamed from_pretrained's ``torch_dtype`` to ``dtype``; before it, ``dtype`` was ignored
+    and the pipeline loaded in float32 (on a GPU: twice the memory, slower), and after it ``torch_dtype`` warns."""
+    for base in ("demo:tiny", "demo:tiny-sdxl"):
+        pipe = load_base_pipeline(base, dtype=torch.bfloat16)
+        parts = [pipe.unet, pipe.vae, pipe.text_encoder] + ([pipe.text_encoder_2] if base.endswith("sdxl") else [])
+        assert all(p.dtype == torch.bfloat16 for p in parts), [(type(p).__name__, p.dtype) for p in parts]
+    assert not [w for w in recwarn if "dtype" in str(w.message)], [str(w.message) for w in recwarn]
+
+
+def _with_text_encoder_keys(demo_assets, dest: Path, rename) -> Path:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(demo_assets.pipeline_dir, dest)
+    te = dest / "text_encoder" / "model.safetensors"
+    tensors = {rename(k): v.clone() for k, v in load_file(str(te)).items()}  # not views of the file rewritten next
+    save_file(tensors, str(te), metadata={"format": "pt"})
+    return dest
+
+
+def test_a_folder_whose_text_encoder_names_this_transformers_does_not_read_is_refused(tmp_path, demo_assets):
+    """transformers leaves such a text encoder random with only a warning; the samples would look like a bad
+    LoRA. transformers 5 writes no ``text_model.`` level and reads both namings; transformers 4 reads only
+    ``text_model.…`` (the floors run, ``make test-floors``, takes the other branch)."""
+    import transformers
+
+    odd = _with_text_encoder_keys(demo_assets, tmp_path / "odd", lambda k: "clip_l." + k)
+    with pytest.raises(BaseModelError, match=r"did not load text_encoder/'s weights \(it left "
+                                             r"text_model\.embeddings\.position_embedding\.weight"):
+        load_base_pipeline(str(odd))
+    # Hub folders hold a model.fp16.safetensors beside model.safetensors; only the latter is loaded and compared.
+    hub = _with_text_encoder_keys(demo_assets, tmp_path / "hub", lambda k: k)
+    from safetensors.torch import load_file, save_file
+
+    full = load_file(str(hub / "text_encoder" / "model.safetensors"))
+    save_file({k: (v * 0.5).half() for k, v in full.items()}, str(hub / "text_encoder" / "model.fp16.safetensors"),
+              metadata={"format": "pt"})
+    assert load_base_pipeline(str(hub)).text_encoder is not None
+    flat = _with_text_encoder_keys(demo_assets, tmp_path / "flat", lambda k: k.removeprefix("text_model."))
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        pipe = load_base_pipeline(str(flat))
+        assert torch.equal(pipe.text_encoder.state_dict()["embeddings.position_embedding.weight"],
+                           load_file_tensor(flat / "text_encoder" / "model.safetensors",
+                                            "embeddings.position_embedding.weight"))
+    else:
+        with pytest.raises(BaseModelError, match="did not load text_encoder/'s weights"):
+            load_base_pipeline(str(flat))
+
+
+def load_file_tensor(path: Path, key: str) -> torch.Tensor:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor(key)
+
+
 def _wide_te2_sdxl(demo_assets):
     """The SDXL demo with a second text encoder wider than the first. diffusers' single-file loader tells
     SDXL's two CLIP encoders apart by width (768 vs 1280 in SDXL), so a tiny model whose encoders are
