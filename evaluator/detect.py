@@ -10,6 +10,7 @@ scan for ever (it did: an idle daemon took a whole core). A periodic rescan cove
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 
 from watchdog.events import (DirDeletedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent,
@@ -42,6 +43,10 @@ class WakeOnCheckpoint(FileSystemEventHandler):
 
 def start_observer(root: Path, wake: threading.Event, polling: bool, poll_interval: float = 1.0):
     """A running observer watching ``root`` recursively."""
+    # watchdog's inotify observer warns when a folder is made again at a path whose old watch it has not
+    # dropped yet (the evaluator rebuilds a results folder under the same temporary name after a failed
+    # write); it replaces the watch, which is what we want, so the warning only alarms a reader of the log.
+    warnings.filterwarnings("ignore", message=r"Callback with id .* already exists for watch", category=RuntimeWarning)
     if polling:
         from watchdog.observers.polling import PollingObserver
 

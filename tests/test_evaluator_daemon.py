@@ -273,3 +273,32 @@ def test_choose_best_and_early_stop_rule():
     assert early_stop(scores, patience=2, min_delta=0.0, min_checkpoints=2).best == "c2"
     assert not early_stop(scores[:3], patience=2, min_delta=0.0, min_checkpoints=2).stop
     assert not early_stop([("a", 0.1), ("b", 0.2), ("c", 0.3)], patience=1, min_delta=0.0, min_checkpoints=2).stop
+
+
+def test_folders_made_again_at_one_path_raise_no_watchdog_warnings_and_checkpoints_still_wake(tmp_path):
+    """watchdog's inotify observer warns ("Callback with id ... already exists for watch <...>. It will be
+    Overwritten", a screenful each) when a folder is made again at a path whose old watch it has not dropped,
+    as the evaluator's temporary results folders are; the watch is replaced, so the daemon hides the warning."""
+    import threading
+    import warnings
+
+    from evaluator.detect import start_observer
+
+    wake = threading.Event()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        observer = start_observer(tmp_path, wake, polling=False)
+        try:
+            for _ in range(300):
+                d = tmp_path / ".results.tmp"
+                (d / "sub").mkdir(parents=True)
+                (d / "sub" / "sample_00.png").write_bytes(b"png")
+                shutil.rmtree(d)
+            time.sleep(0.5)
+            wake.clear()
+            (tmp_path / "lora-000001.safetensors").write_bytes(b"x")
+            assert wake.wait(10), "a new checkpoint no longer wakes the daemon"
+        finally:
+            observer.stop()
+            observer.join()
+    assert not [w for w in caught if "already exists" in str(w.message)], [str(w.message)[:120] for w in caught]
