@@ -186,3 +186,33 @@ def continuation_staging(t: Trial) -> Path:
     from trainer.sd_scripts.continuation import staging_dir
 
     return staging_dir(t)
+
+
+def test_a_copy_up_to_a_state_goes_on_in_its_own_folder(setup):
+    """What a sweep retry does with its interrupted trial (trainer.outputs.copy_run_until, then --continue in
+    the new folder): sd-scripts resumes from the copied state, and the source folder stays as it was."""
+    from trainer.backends.sd_scripts import SdScriptsBackend
+    from trainer.outputs import copy_run_until
+    from shared.config import load_config
+
+    root, model = setup
+    cfg = config(root, model, "src", epochs=2)
+    run_cli("trainer", "run", "--config", str(cfg), "--new", timeout=1200)
+    src, dest = Trial(root / "src"), Trial(root / "dest")
+    before = {str(p.relative_to(src.root)): p.read_bytes() for p in src.root.rglob("*") if p.is_file()
+              and "realtime_evaluations" not in p.parts}
+    point = SdScriptsBackend().find_resume_point(load_config(cfg), src)
+    assert point is not None and point.step == 6, point
+    copy_run_until(src, dest, "lora", point.state_dir, point.step, point.epoch)
+
+    run_cli("trainer", "run", "--config", str(cfg), "--output-dir", str(dest.root), "--continue", "--steps", "2",
+            timeout=1200)
+    st = read_model(dest.status_path, TrainerStatus)
+    assert st.state == "finished" and st.step == 8, st
+    assert inspect(dest.checkpoint_path("lora")).metadata_int("ss_steps") == 8
+    assert dest.checkpoint_path("lora-000002").read_bytes() == before["lora.safetensors"], "the final kept by name"
+    history = read_model(dest.params_path, Params).history
+    assert [h.mode for h in history] == ["new", "continue"] and history[1].resumed_at_step == 6
+    after = {str(p.relative_to(src.root)): p.read_bytes() for p in src.root.rglob("*") if p.is_file()
+             and "realtime_evaluations" not in p.parts}
+    assert after == before, "the source folder was changed"

@@ -41,6 +41,8 @@ def test_demo_sweep_prunes_the_planted_trial_and_resumes_after_a_kill(tmp_path):
         assert wait_until_gone(root.root, 90) == [], "children outlived the killed sweep"
         killed = read_model(root.trial(4).status_path, TrainerStatus)
         assert killed.state == "stopped" and killed.is_final, killed
+        killed_files = _trainer_files(root.trial(4))
+        (saved_state,) = [d.name for _, d in root.trial(4).state_dirs("lora") if d.name.startswith("lora-step")]
 
         again = subprocess.run(sweep_cmd(*args), cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=420)
         assert again.returncode == 0, again.stdout + again.stderr
@@ -55,6 +57,18 @@ def test_demo_sweep_prunes_the_planted_trial_and_resumes_after_a_kill(tmp_path):
     assert interrupted.user_attrs["interrupted"] is True and "died" in interrupted.user_attrs["fail_reason"]
     assert [t.root.name for t in root.trials()] == [f"trial_{n:04d}" for n in range(1, 6)], \
         "one folder per trial number; the killed trial's folder is kept, not reused"
+
+    # The retry went on from the killed trial's state (saved on SIGTERM), in its own folder, with the
+    # checkpoints up to it copied; the killed trial's files are as they were.
+    retry = study.trials[4]
+    assert retry.user_attrs["retry_of"] == 3 and retry.user_attrs["resumed_from"] == f"trial_0004/{saved_state}"
+    history = read_model(root.trial(5).params_path, Params).history
+    assert [h.mode for h in history] == ["new", "continue"] and history[1].resumed_at_step == killed.step, history
+    assert _trainer_files(root.trial(4)) == killed_files, "the interrupted trial's files were changed"
+    copied = {p.name for p in root.trial(5).checkpoint_paths()} & {p.name for p in root.trial(4).checkpoint_paths()}
+    assert "lora-000001.safetensors" in copied
+    assert all((root.trial(5).root / n).read_bytes() == (root.trial(4).root / n).read_bytes() for n in copied)
+    assert f"going on from trial_0004/{saved_state}" in again.stderr + again.stdout
 
     # Every folder says which trial it is, with the values the study sampled.
     for t in study.trials:
@@ -102,6 +116,13 @@ def test_demo_sweep_prunes_the_planted_trial_and_resumes_after_a_kill(tmp_path):
     assert len(default_study(root).trials) == 5 and len(root.trials()) == 5
     page = root.index_path.read_text()
     assert "trial_0003" in page and "pruned" in page.lower()
+
+
+def _trainer_files(trial) -> dict[str, bytes]:
+    """What the trainer wrote in a trial folder (not the evaluator's results), by relative path."""
+    return {str(p.relative_to(trial.root)): p.read_bytes() for p in sorted(trial.root.rglob("*"))
+            if p.is_file() and not p.relative_to(trial.root).parts[0] in ("realtime_evaluations", "logs")
+            and p.name != "sweep_trainer.out"}
 
 
 def test_ctrl_c_stops_the_trial_and_records_it_as_interrupted(tmp_path):

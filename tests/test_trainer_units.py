@@ -84,3 +84,40 @@ def test_a_non_finite_loss_is_warned_once_per_run_of_them_for_sd_scripts_too(tmp
     assert [w.split(" at step ")[1].split(":")[0] for w in warnings] == ["2", "5"], warnings
     assert "training.learning_rate" in warnings[0] and "the loss is nan" in warnings[0]
     assert sup.status.status.loss is None and sup.status.status.step == 6
+
+
+def test_a_retry_copies_the_run_up_to_the_state_it_goes_on_from(tmp_path):
+    """trainer.outputs.copy_run_until (a sweep retry going on from its interrupted trial): the checkpoints up
+    to the state, the run's params, log and the trainer's TensorBoard logs; not later checkpoints (they are
+    trained again), not the evaluator's files; the source folder is only read."""
+    import torch
+    from safetensors.torch import save_file
+
+    from shared.trial import Trial
+    from trainer.outputs import copy_run_until
+
+    source, dest = Trial(tmp_path / "trial_0001"), Trial(tmp_path / "trial_0002")
+    source.root.mkdir()
+    for epoch in (1, 2, 3):
+        save_file({"w": torch.full((2,), float(epoch))}, str(source.checkpoint_path(f"lora-{epoch:06d}")),
+                  metadata={"ss_epoch": str(epoch), "ss_steps": str(4 * epoch)})
+    state = source.state_dir("lora-000002")
+    state.mkdir()
+    (state / "train_state.json").write_text('{"step": 8}')
+    source.params_path.write_text("{}")
+    source.log_path.write_text("step 8\n")
+    for sub in ("trainer", "evaluator"):
+        (source.logs_dir / sub).mkdir(parents=True)
+        (source.logs_dir / sub / "events.out").write_bytes(sub.encode())
+    before = {p: p.read_bytes() for p in source.root.rglob("*") if p.is_file()}
+
+    copied = copy_run_until(source, dest, "lora", state, step=8, epoch=2)
+    names = sorted(str(p.relative_to(dest.root)) for p in copied)
+    assert names == ["logs/trainer", "lora-000001.safetensors", "lora-000002-state", "lora-000002.safetensors",
+                     "params.json", "training.log"], names
+    assert copied[-1] == dest.state_dir("lora-000002"), "the state last: a cut-short copy holds no state"
+    assert (dest.state_dir("lora-000002") / "train_state.json").read_text() == '{"step": 8}'
+    assert dest.checkpoint_path("lora-000002").read_bytes() == source.checkpoint_path("lora-000002").read_bytes()
+    assert not dest.evaluations_dir.exists() and not (dest.logs_dir / "evaluator").exists()
+    assert not [p for p in dest.root.rglob(".*")], "temporary copies left behind"
+    assert {p: p.read_bytes() for p in source.root.rglob("*") if p.is_file()} == before

@@ -181,3 +181,41 @@ def consume_stale_stop_request(trial: Trial, now: datetime | None = None) -> Pat
     dest = trial.root / f"stop_request.{stamp}.consumed.json"
     os.replace(trial.stop_request_path, dest)
     return dest
+
+
+#: TensorBoard folders the trainer writes under logs/ (the evaluator's own, logs/evaluator, is not the run's).
+TRAINER_LOG_DIRS = ("trainer", "sd-scripts")
+
+
+def copy_run_until(source: Trial, dest: Trial, output_name: str, state_dir: Path, step: int,
+                   epoch: int) -> list[Path]:
+    """Copy into ``dest`` what ``trainer run --continue`` needs to go on from ``source``'s ``state_dir``: the
+    checkpoints of ``output_name`` up to that state (later ones would be trained again), params.json (the run's
+    history), training.log, the trainer's TensorBoard logs, and the state folder last, so a ``dest`` cut
+    short by a kill holds no state whose checkpoints are missing. Each item is copied under a dot name and
+    renamed into place. ``source`` is only read. Returns the copied paths in ``dest``."""
+    import shutil
+
+    dest.root.mkdir(parents=True, exist_ok=True)
+    items: list[Path] = []
+    for ckpt in source.checkpoints(output_name):
+        at = ckpt.step if ckpt.step is not None else None
+        if (at is not None and at <= step) or (at is None and ckpt.epoch is not None and ckpt.epoch <= epoch):
+            items.append(ckpt.path)
+    items += [p for p in (source.params_path, source.log_path) if p.is_file()]
+    items += [source.logs_dir / d for d in TRAINER_LOG_DIRS if (source.logs_dir / d).is_dir()]
+    items.append(state_dir)
+    copied: list[Path] = []
+    for item in items:
+        target = dest.root / item.relative_to(source.root)
+        tmp = target.with_name(f".{target.name}.copy-tmp")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        if item.is_dir():
+            shutil.copytree(item, tmp)
+        else:
+            shutil.copy2(item, tmp)
+        os.replace(tmp, target)
+        copied.append(target)
+    return copied

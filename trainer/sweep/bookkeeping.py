@@ -28,6 +28,7 @@ PID_START = "pid_start"
 ROOT = "root"  # the sweep root holding the trial's folder: its re-run owns the trial
 PRUNED_AT = "pruned_at"  # the epoch (or step) at which the pruner said stop, recorded at once
 RETRY_OF = "retry_of"  # on a re-enqueued trial: the number of the interrupted trial it replaces
+RESUMED_FROM = "resumed_from"  # on a retry: the interrupted trial's state it went on from (trial_NNNN/x-state)
 
 
 def counts(trial) -> bool:

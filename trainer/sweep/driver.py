@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.config import RunConfig
+from shared.config import RunConfig, load_config
 from shared.errors import EpochscopeError
 from shared.folder_lock import FolderLock
 from shared.jsonio import read_model_or_none, write_model
@@ -135,7 +135,8 @@ class Sweep:
             log.info("trial %d: %s%s", number, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                          for k, v in values.items()),
                      f" (again: trial {retry + 1} was interrupted)" if retry is not None else "")
-            proc = self._start_trainer(t, number, values)
+            resume = self._continue_interrupted(trial, t, retry, values) if retry is not None else False
+            proc = self._start_trainer(t, number, values, resume)
             pruned_at = self._follow_training(proc, t, trial, follower)
             status = read_model_or_none(t.status_path, TrainerStatus)
             if pruned_at is not None:
@@ -164,15 +165,40 @@ class Sweep:
         log.info("trial %d: %s = %.4f", number, self.cfg.objective, value)
         return value
 
-    def _start_trainer(self, t: Trial, number: int, values: dict) -> subprocess.Popen:
-        """``trainer run --new`` on the sweep's config with the sampled values as ``--set`` overrides; the
-        sweep info reaches params.json through an environment variable the run command reads."""
+    def _continue_interrupted(self, trial, t: Trial, retry: int, values: dict) -> bool:
+        """A retry goes on where the interrupted trial's newest complete training state left off: that state,
+        the checkpoints up to it and the run's logs are copied into the retry's own folder (the interrupted
+        one is only read), and the trainer runs ``--continue``. False (train from the start) when there is no
+        complete state or it cannot be copied."""
+        from trainer.backends import get_backend
+        from trainer.outputs import copy_run_until
+
+        source = self.root.trial(retry + 1)
+        try:
+            config = load_config(self.opts.config_path, {**values, "output.dir": str(source.root)})
+            point = get_backend(config.training.backend).find_resume_point(config, source)
+            if point is None:
+                return False
+            copy_run_until(source, t, config.output.name, point.state_dir, point.step, point.epoch)
+        except (OSError, EpochscopeError) as e:
+            log.warning("trial %d: cannot go on from trial %d's files (%s); training from the start",
+                        trial.number + 1, retry + 1, e)
+            return False
+        where = f"{source.name}/{point.state_dir.name}"
+        trial.set_user_attr(bookkeeping.RESUMED_FROM, where)
+        log.info("trial %d: going on from %s (step %d, epoch %d)", trial.number + 1, where, point.step, point.epoch)
+        return True
+
+    def _start_trainer(self, t: Trial, number: int, values: dict, resume: bool = False) -> subprocess.Popen:
+        """``trainer run --new`` (``--continue`` for a retry seeded from its interrupted trial) on the sweep's
+        config with the sampled values as ``--set`` overrides; the sweep info reaches params.json through an
+        environment variable the run command reads."""
         import json
 
         info = SweepInfo(study_name=self.opts.study_name, storage=masked(self.opts.storage), trial_number=number,
                          params=values)
-        args = [self.opts.python, "-m", "trainer", "run", "--config", str(self.opts.config_path), "--new",
-                "--output-dir", str(t.root)]
+        args = [self.opts.python, "-m", "trainer", "run", "--config", str(self.opts.config_path),
+                "--continue" if resume else "--new", "--output-dir", str(t.root)]
         for key, value in values.items():
             args += ["--set", f"{key}={json.dumps(value)}"]
         t.root.mkdir(parents=True, exist_ok=True)
