@@ -12,8 +12,9 @@ use; ``s`` is the user's LoRA scale, ``r`` the rank):
 - DoRA (any of the above plus ``dora_scale``): W' = (W + dW) * dora_scale / ||W + dW|| per output
   row (or input column), then blended by ``s`` as ComfyUI does.
 
-Anything else (IA3, full ``diff``, GLoRA, OFT/BOFT, diffusers/peft ``lora_A`` keys) is refused by name:
-a key is either applied or named in the error, never dropped.
+The same parts under other tools' names (``lora_A``/``lora_B``) and module layouts are read through
+``shared.lora_key_formats``. Anything else (IA3, full ``diff``, GLoRA, OFT/BOFT, peft's DoRA) is refused by
+name: a key is either applied or named in the error, never dropped.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from shared.errors import CheckpointError
+from shared.lora_key_formats import AB_PARTS, kohya_module_name, split_key
 
 LORA_PARTS = {"lora_down.weight", "lora_up.weight", "lora_mid.weight"}
 LOHA_PARTS = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"}
@@ -36,9 +38,11 @@ KNOWN_PARTS = LORA_PARTS | LOHA_PARTS | LOKR_PARTS | COMMON_PARTS
 _OTHER_KINDS = {
     "on_input": "IA3", "diff": "full fine-tune (diff)", "diff_b": "full fine-tune (diff)",
     "a1.weight": "GLoRA", "a2.weight": "GLoRA", "b1.weight": "GLoRA", "b2.weight": "GLoRA",
-    "oft_blocks": "OFT", "oft_diag": "OFT", "oft_R": "BOFT", "lora_A.weight": "diffusers/peft",
-    "lora_B.weight": "diffusers/peft",
+    "oft_blocks": "OFT", "oft_diag": "OFT", "oft_R": "BOFT", "lora_magnitude_vector": "peft DoRA",
+    "lora_magnitude_vector.weight": "peft DoRA",
 }
+_PARTS_IN_FILES = frozenset(KNOWN_PARTS | set(AB_PARTS))
+ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' header with each component's peft LoraConfig
 
 
 @dataclass
@@ -229,19 +233,30 @@ def network_kind(parts: set[str]) -> str | None:
     return None
 
 
-def parse_network(state: Mapping[str, torch.Tensor]) -> dict[str, ModuleAdapter]:
-    """Group a file's keys by module; raise naming every key that cannot be merged."""
+def parse_network(state: Mapping[str, torch.Tensor],
+                  metadata: Mapping[str, str] | None = None) -> dict[str, ModuleAdapter]:
+    """Group a file's keys by module, keyed by kohya-style module name (``shared.lora_key_formats``: the
+    layouts of ComfyUI, diffusers/peft and OneTrainer too); raise naming every key that cannot be merged.
+    Each adapter keeps the module's name as the file gives it, for messages."""
     by_module: dict[str, dict[str, torch.Tensor]] = {}
+    file_names: dict[str, str] = {}
+    file_parts: dict[str, list[str]] = {}
     unknown: list[str] = []
     other_kinds: dict[str, str] = {}
     for key, tensor in state.items():
-        module, _, part = key.partition(".")
-        if part in KNOWN_PARTS:
-            by_module.setdefault(module, {})[part] = tensor
-        elif (kind := _other_kind(key)) is not None:
-            other_kinds.setdefault(kind, key)
-        else:
-            unknown.append(key)
+        split = split_key(key, _PARTS_IN_FILES)
+        if split is None:
+            if (kind := _other_kind(key)) is not None:
+                other_kinds.setdefault(kind, key)
+            else:
+                unknown.append(key)
+            continue
+        module, part = split
+        name = kohya_module_name(module)
+        if file_names.setdefault(name, module) != module:
+            raise CheckpointError(f"{file_names[name]} and {module} name the same module; nothing was applied")
+        by_module.setdefault(name, {})[AB_PARTS.get(part, part)] = tensor
+        file_parts.setdefault(name, []).append(part)
     if other_kinds:
         kinds = ", ".join(f"{k} (e.g. {v})" for k, v in sorted(other_kinds.items()))
         raise CheckpointError(f"this is a {kinds} network, which the evaluator cannot merge; "
@@ -252,13 +267,44 @@ def parse_network(state: Mapping[str, torch.Tensor]) -> dict[str, ModuleAdapter]
     if not by_module:
         raise CheckpointError("no network weights in this file (no lora_down/hada_/lokr_ keys)")
     _check_dtypes(by_module)
+    _alpha_from_adapter_metadata(by_module, file_names, metadata or {})
     adapters: dict[str, ModuleAdapter] = {}
     for module, parts in by_module.items():
         kind = network_kind(set(parts))
         if kind is None:
-            raise CheckpointError(f"module {module} has only {sorted(parts)}: incomplete network weights")
-        adapters[module] = ModuleAdapter(module, kind, parts)
+            raise CheckpointError(f"module {file_names[module]} has only {sorted(file_parts[module])}: incomplete "
+                                  "network weights")
+        adapters[module] = ModuleAdapter(file_names[module], kind, parts)
     return adapters
+
+
+def _alpha_from_adapter_metadata(by_module: dict[str, dict[str, torch.Tensor]], file_names: Mapping[str, str],
+                                 metadata: Mapping[str, str]) -> None:
+    """diffusers files keep no alpha per module: the scale is 1 unless the ``lora_adapter_metadata`` header
+    (diffusers >= 0.34) gives each component's peft ``lora_alpha`` and ``r``; that alpha is filled in. Per-layer
+    patterns and peft's DoRA are refused by name."""
+    import json
+
+    raw = metadata.get(ADAPTER_METADATA_KEY)
+    if not raw:
+        return
+    try:
+        configs = json.loads(raw)
+    except ValueError:
+        raise CheckpointError(f"its {ADAPTER_METADATA_KEY} header is not JSON; nothing was applied") from None
+    for component, config in (configs.items() if isinstance(configs, dict) else ()):
+        if not isinstance(config, dict):
+            continue
+        for setting in ("rank_pattern", "alpha_pattern", "use_dora"):
+            if config.get(setting):
+                raise CheckpointError(f"its {ADAPTER_METADATA_KEY} sets {setting} for {component}, which the "
+                                      "evaluator does not apply; nothing was applied")
+        alpha = config.get("lora_alpha")
+        if not isinstance(alpha, (int, float)):
+            continue
+        for name, parts in by_module.items():
+            if "alpha" not in parts and file_names[name].startswith(component + "."):
+                parts["alpha"] = torch.tensor(float(alpha))
 
 
 def _check_dtypes(by_module: Mapping[str, Mapping[str, torch.Tensor]]) -> None:

@@ -90,12 +90,13 @@ class LoraSwapper:
                                   f"it was trained for {FAMILY_NAMES[file_family]}, and model.base is "
                                   f"{_article(self.family)} model; nothing was applied (score it with "
                                   f"{_article(file_family)} base)")
-        adapters = parse_network(state)
-        unmatched = sorted(n for n in adapters if n not in self.modules)
+        adapters = parse_network(state, metadata)
+        canonical = {name: self.table.canonical(name) for name in adapters}
+        unmatched = sorted(adapters[n].name for n, c in canonical.items() if c not in self.modules)
         if unmatched:
             raise CheckpointError(f"{len(unmatched)} of {len(adapters)} network modules match no layer of the base "
                                   f"model (first: {unmatched[0]}){_architecture_hint(unmatched)}")
-        plan = [(name, self.modules[name], adapter) for name, adapter in sorted(adapters.items())]
+        plan = [(canonical[name], self.modules[canonical[name]], adapter) for name, adapter in sorted(adapters.items())]
         for name, module, adapter in plan:  # shapes only (meta tensors): every layer, before any is changed
             adapter.check_fits(module.weight.shape)
         self.last_description = describe(adapters)

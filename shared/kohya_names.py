@@ -21,7 +21,10 @@ For SDXL, sd-scripts' UNet is the original (ldm) one, so its names follow that l
 LyCORIS (LoHa, LoKr, DoRA, ...) uses the same names for the same modules; on SD 1.x its default preset
 also adapts the UNet's conv_in, conv_out and time_embedding.linear_1/_2 (on sd-scripts' SDXL UNet those
 preset names match nothing, but a file made elsewhere may hold ``input_blocks_0_0``, ``out_2``,
-``time_embed_0``/``_2`` or ``label_emb_0_0``/``_2``, which the table also maps).
+``time_embed_0``/``_2`` or ``label_emb_0_0``/``_2``, which the table also maps). OneTrainer's default preset
+adapts every Linear and Conv2d, which adds SDXL's second encoder's ``text_projection``. Files of other tools
+name the same modules in the other UNet layout or other prefixes (``shared.lora_key_formats``): the table's
+aliases take those names to its own.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 UNET_PREFIX = "lora_unet"
+TEXT_PROJECTION = "text_projection"  # CLIPTextModelWithProjection's projection, top level in every layout
 TEXT_ENCODER_PREFIX = "lora_te"
 SDXL_TEXT_ENCODER_PREFIXES = ("lora_te1", "lora_te2")
 
@@ -149,34 +153,47 @@ def is_sdxl_unet(unet_config: Mapping[str, Any]) -> bool:
 
 
 class KohyaTable:
-    """kohya name -> KohyaModule for one architecture, and its resolution against live models."""
+    """kohya name -> KohyaModule for one architecture, and its resolution against live models.
 
-    def __init__(self, modules: Iterable[KohyaModule]) -> None:
+    ``aliases`` maps the other names a file may give a module to its kohya name: the UNet path in the other
+    layout (OneTrainer's SDXL files keep diffusers paths, ComfyUI's SD 1.x files ldm ones), ``lora_te1_`` for
+    SD 1.x's only text encoder, and text-encoder paths without ``text_model.`` (written under transformers 5)."""
+
+    def __init__(self, modules: Iterable[KohyaModule], aliases: Mapping[str, str] | None = None) -> None:
         self.modules: dict[str, KohyaModule] = {m.name: m for m in modules}
+        self.aliases: dict[str, str] = {a: n for a, n in (aliases or {}).items() if a not in self.modules}
 
     @classmethod
     def sd1(cls, unet_config: Mapping[str, Any], text_encoder_layers: int | None) -> "KohyaTable":
         """From a diffusers UNet config and the text encoder's layer count (None: no text encoder).
         sd-scripts names SD 1.x UNet modules by their diffusers paths."""
-        mods = [KohyaModule(kohya_name(UNET_PREFIX, path), "unet", path, f)
-                for path, _, f in unet_paths(*_unet_config_args(unet_config))]
+        paths = unet_paths(*_unet_config_args(unet_config))
+        mods = [KohyaModule(kohya_name(UNET_PREFIX, path), "unet", path, f) for path, _, f in paths]
+        aliases = {kohya_name(UNET_PREFIX, ldm): kohya_name(UNET_PREFIX, path) for path, ldm, _ in paths}
         if text_encoder_layers:
-            mods += [KohyaModule(kohya_name(TEXT_ENCODER_PREFIX, p), "text_encoder", p, f)
-                     for p, f in text_encoder_paths(text_encoder_layers)]
-        return cls(mods)
+            te = [KohyaModule(kohya_name(TEXT_ENCODER_PREFIX, p), "text_encoder", p, f)
+                  for p, f in text_encoder_paths(text_encoder_layers)]
+            mods += te
+            aliases |= _text_aliases(te, (TEXT_ENCODER_PREFIX, SDXL_TEXT_ENCODER_PREFIXES[0]))
+        return cls(mods, aliases)
 
     @classmethod
     def sdxl(cls, unet_config: Mapping[str, Any], te1_layers: int | None, te2_layers: int | None) -> "KohyaTable":
         """SDXL: sd-scripts names UNet modules by their original (ldm) paths
         (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``) and the text encoders
         ``lora_te1_…`` / ``lora_te2_…``; each entry still resolves to its diffusers module."""
-        mods = [KohyaModule(kohya_name(UNET_PREFIX, ldm), "unet", path, f)
-                for path, ldm, f in unet_paths(*_unet_config_args(unet_config), size_conditioning=True)]
+        paths = unet_paths(*_unet_config_args(unet_config), size_conditioning=True)
+        mods = [KohyaModule(kohya_name(UNET_PREFIX, ldm), "unet", path, f) for path, ldm, f in paths]
+        aliases = {kohya_name(UNET_PREFIX, path): kohya_name(UNET_PREFIX, ldm) for path, ldm, _ in paths}
         for prefix, component, layers in zip(SDXL_TEXT_ENCODER_PREFIXES, ("text_encoder", "text_encoder_2"),
                                              (te1_layers, te2_layers)):
             if layers:
-                mods += [KohyaModule(kohya_name(prefix, p), component, p, f) for p, f in text_encoder_paths(layers)]
-        return cls(mods)
+                te = [KohyaModule(kohya_name(prefix, p), component, p, f) for p, f in text_encoder_paths(layers)]
+                if component == "text_encoder_2":  # its projection: OneTrainer's default preset adapts it
+                    te.append(KohyaModule(kohya_name(prefix, TEXT_PROJECTION), component, TEXT_PROJECTION, "text"))
+                mods += te
+                aliases |= _text_aliases(te, (prefix,))
+        return cls(mods, aliases)
 
     @classmethod
     def for_models(cls, unet: Any, text_encoder: Any | None, text_encoder_2: Any | None = None) -> "KohyaTable":
@@ -189,6 +206,10 @@ class KohyaTable:
 
     def __contains__(self, name: str) -> bool:
         return name in self.modules
+
+    def canonical(self, name: str) -> str | None:
+        """The kohya name of a module named ``name`` in a file (a kohya name or an alias); None if none."""
+        return name if name in self.modules else self.aliases.get(name)
 
     def __len__(self) -> int:
         return len(self.modules)
@@ -208,6 +229,13 @@ class KohyaTable:
     def names_for(self, root: Any, component: Component) -> dict[int, str]:
         """id(live module) -> kohya name: how a writer names the modules it trained."""
         return {id(module): name for name, module in self.resolve({component: root}).items()}
+
+
+def _text_aliases(modules: list[KohyaModule], prefixes: tuple[str, ...]) -> dict[str, str]:
+    """Other names of text-encoder modules: under each of ``prefixes``, and without ``text_model.`` (files
+    written under transformers 5, which has no such level)."""
+    return {kohya_name(prefix, path): m.name for m in modules for prefix in prefixes
+            for path in (m.path, m.path.removeprefix("text_model."))}
 
 
 def find_module(root: Any, canonical_path: str, component: Component) -> Any | None:

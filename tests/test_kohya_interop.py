@@ -181,7 +181,11 @@ def test_loha_lokr_and_dora_known_answers():
 def test_unmergeable_networks_are_refused_by_name():
     with pytest.raises(CheckpointError, match="IA3"):
         parse_network({"m.weight": torch.ones(3), "m.on_input": torch.tensor(True)})
-    with pytest.raises(CheckpointError, match="diffusers/peft"):
+    with pytest.raises(CheckpointError, match="peft DoRA"):
+        parse_network({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.ones(2, 3),
+                       "unet.down_blocks.0.attentions.0.proj_in.lora_B.weight": torch.ones(3, 2),
+                       "unet.down_blocks.0.attentions.0.proj_in.lora_magnitude_vector": torch.ones(3)})
+    with pytest.raises(CheckpointError, match=r"module unet.down_blocks.0.attentions.0.proj_in has only \['lora_A"):
         parse_network({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.ones(2, 3)})
     with pytest.raises(CheckpointError, match="1 of 3 keys .*m.something_new"):
         parse_network({"m.lora_up.weight": torch.ones(3, 1), "m.lora_down.weight": torch.ones(1, 3),

@@ -1,0 +1,116 @@
+"""Real OneTrainer SDXL LoRA files (tests/data/onetrainer_sdxl, written by OneTrainer's own saver on the demo
+SDXL model): every format it writes merges into the demo SDXL base exactly where, and by exactly what, its
+INTERNAL file says. INTERNAL names each layer by its diffusers module path as OneTrainer itself found it, so
+the reference does not come from our name table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from evaluator.lora_swap import LoraSwapper
+from evaluator.pipeline import load_pipeline
+from shared.errors import CheckpointError
+from shared.model_family import family_of_lora
+
+DATA = Path(__file__).parent / "data" / "onetrainer_sdxl"
+MANIFEST = json.loads((DATA / "manifest.json").read_text())
+FORMATS = [f for f in MANIFEST["files"] if f["format"] != "INTERNAL"]
+INTERNAL = DATA / next(f["path"] for f in MANIFEST["files"] if f["format"] == "INTERNAL")
+COMPONENTS = ("text_encoder_2", "text_encoder", "unet")
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipe(demo_assets):
+    return load_pipeline("demo:tiny-sdxl", "cpu", torch.float32)
+
+
+def _live_module(pipe, component: str, path: str) -> torch.nn.Module:
+    root = getattr(pipe, component)
+    try:
+        return root.get_submodule(path)
+    except AttributeError:  # transformers >= 5.6: CLIPTextModel has no text_model level
+        return root.get_submodule(path.removeprefix("text_model."))
+
+
+def _expected_deltas(pipe) -> dict[torch.nn.Module, torch.Tensor]:
+    """Layer -> weight change, from the INTERNAL file: dW = alpha / rank * up @ down (3x3 down, 1x1 up)."""
+    state = load_file(str(INTERNAL))
+    out = {}
+    for key in sorted(k for k in state if k.endswith(".lora_down.weight")):
+        module = key.removesuffix(".lora_down.weight")
+        component = next(c for c in COMPONENTS if module.startswith(c + "."))
+        down, up = state[key].float(), state[module + ".lora_up.weight"].float()
+        alpha, rank = float(state[module + ".alpha"]), down.shape[0]
+        layer = _live_module(pipe, component, module[len(component) + 1:])
+        delta = (torch.einsum("or,rikl->oikl", up.flatten(1), down) if down.dim() == 4 else up @ down) * alpha / rank
+        out[layer] = delta.reshape(layer.weight.shape)
+    return out
+
+
+def test_the_files_are_what_onetrainer_wrote():
+    assert MANIFEST["onetrainer_commit"] and MANIFEST["transformers"] == "5.5.4"
+    assert {f["format"] for f in MANIFEST["files"]} == {"LEGACY_LORA", "KOHYA_LORA", "COMFY_LORA", "DIFFUSERS_LORA",
+                                                         "INTERNAL"}
+    for entry in FORMATS:
+        state = load_file(str(DATA / entry["path"]))
+        assert len(state) == entry["keys"] and sorted(state)[:3] == entry["first_keys"]
+
+
+@pytest.mark.parametrize("entry", FORMATS, ids=[f["format"] for f in FORMATS])
+def test_every_onetrainer_format_merges_where_its_internal_file_says(sdxl_pipe, entry):
+    swapper = LoraSwapper.for_pipeline(sdxl_pipe)
+    expected = _expected_deltas(sdxl_pipe)
+    assert len(expected) == 300  # every Linear and Conv2d of the UNet and both encoders (OneTrainer's "full")
+    layers = [m for m in sdxl_pipe.components.values() if isinstance(m, torch.nn.Module)]
+    before = {id(p): p.detach().clone() for root in layers for p in root.parameters()}
+    with swapper.applied(DATA / entry["path"]) as n:
+        assert n == 300
+        for layer, delta in expected.items():
+            got = layer.weight.detach() - before[id(layer.weight)]
+            assert torch.allclose(got, delta, atol=5e-5, rtol=1e-2), (entry["format"], layer)
+        changed = {id(p) for root in layers for p in root.parameters() if not torch.equal(p, before[id(p)])}
+        assert changed == {id(layer.weight) for layer in expected}, "a layer the file does not name was changed"
+    assert all(torch.equal(p, before[id(p)]) for root in layers for p in root.parameters()), "not restored"
+
+
+def test_onetrainer_sdxl_files_are_told_sdxl_from_the_unet_alone(tmp_path, demo_assets):
+    """OneTrainer's default (LEGACY) names SDXL's UNet by its diffusers paths, as sd-scripts does SD 1.x's:
+    a UNet-only file must still read as SDXL, and be refused on an SD 1.x base as one."""
+    sd1 = LoraSwapper.for_pipeline(load_pipeline("demo:tiny", "cpu", torch.float32))
+    for entry in FORMATS:
+        state = load_file(str(DATA / entry["path"]))
+        unet_only = {k: v for k, v in state.items() if k.startswith(("lora_unet_", "diffusion_model.", "unet."))}
+        assert unet_only and family_of_lora(unet_only) == "sdxl", entry["format"]
+        path = tmp_path / f"{entry['format']}.safetensors"
+        save_file(unet_only, str(path))
+        with pytest.raises(CheckpointError, match="an SDXL LoRA on an SD 1.x base: its module names"):
+            with sd1.applied(path):
+                pass
+
+
+def test_diffusers_adapter_metadata_sets_the_scale_or_is_refused(tmp_path, sdxl_pipe):
+    """diffusers files keep no alpha per layer; diffusers >= 0.34 writes each component's peft config in the
+    header. Its lora_alpha applies (here 2 x OneTrainer's folded-in scale); per-layer patterns are refused."""
+    state = load_file(str(DATA / "diffusers_lora" / "diffusers_lora.safetensors"))
+    unet = {k: v for k, v in state.items() if k.startswith("unet.")}
+    expected = {m: d for m, d in _expected_deltas(sdxl_pipe).items()
+                if any(m is mod for mod in sdxl_pipe.unet.modules())}
+    config = {"unet": {"r": 2, "lora_alpha": 4, "rank_pattern": {}, "alpha_pattern": {}, "use_dora": False}}
+    path = tmp_path / "with_metadata.safetensors"
+    save_file(unet, str(path), metadata={"format": "pt", "lora_adapter_metadata": json.dumps(config)})
+    swapper = LoraSwapper.for_pipeline(sdxl_pipe)
+    before = {m: m.weight.detach().clone() for m in expected}
+    with swapper.applied(path):
+        for layer, delta in expected.items():  # alpha 4 / rank 2 = 2 x the file's own (alpha-folded) change
+            assert torch.allclose(layer.weight.detach() - before[layer], 2 * delta, atol=1e-4, rtol=1e-2)
+    config["unet"]["alpha_pattern"] = {"down_blocks.1.attentions.0.proj_in": 8}
+    save_file(unet, str(path), metadata={"format": "pt", "lora_adapter_metadata": json.dumps(config)})
+    with pytest.raises(CheckpointError, match="sets alpha_pattern for unet"):
+        with swapper.applied(path):
+            pass
+    assert all(torch.equal(m.weight, w) for m, w in before.items())
