@@ -1,4 +1,4 @@
-"""sd-scripts' checkpoint naming, the one place that formats and parses it.
+"""sd-scripts' checkpoint naming, the one place that formats and parses it (and reads OneTrainer's save names).
 
 ``{name}-{epoch:06d}``       saved every N epochs
 ``{name}-step{step:08d}``    saved every N steps
@@ -17,6 +17,9 @@ STATE_SUFFIX = "-state"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 _EPOCH_RE = re.compile(r"^(?P<name>.+)-(?P<epoch>\d{6})$")
+# OneTrainer's periodic saves: <prefix><YYYY-MM-DD_HH-MM-SS>-save-<global step>-<epoch>-<step in epoch>, where
+# <epoch> counts finished epochs (GenericTrainer, TrainProgress.filename_string).
+_ONETRAINER_SAVE_RE = re.compile(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}-save-(?P<step>\d+)-(?P<epoch>\d+)-(?P<in_epoch>\d+)$")
 _STEP_RE = re.compile(r"^(?P<name>.+)-step(?P<step>\d{8})$")
 
 Kind = Literal["epoch", "step", "final"]
@@ -74,6 +77,16 @@ def parse_stem(stem: str, output_name: str | None = None) -> CheckpointName:
     if output_name is not None and stem != output_name:
         raise ValueError(f"{stem!r} is not a checkpoint of {output_name!r}")
     return CheckpointName(stem, "final")
+
+
+def onetrainer_progress(stem: str) -> tuple[int, int] | None:
+    """(step, epoch) of a OneTrainer save from its name (it writes no ss_steps/ss_epoch), kohya's way: the epoch a
+    mid-epoch save belongs to counts from 1, as sd-scripts' ``ss_epoch`` does; None for any other name."""
+    m = _ONETRAINER_SAVE_RE.search(stem.removesuffix(CHECKPOINT_SUFFIX))
+    if m is None:
+        return None
+    epoch = int(m["epoch"]) + (1 if int(m["in_epoch"]) else 0)
+    return int(m["step"]), epoch
 
 
 def parse_state_dirname(dirname: str, output_name: str | None = None) -> CheckpointName | None:

@@ -48,12 +48,16 @@ class CheckpointFile:
 
     @property
     def epoch(self) -> int | None:
-        """``ss_epoch`` metadata when present, else the name's epoch."""
-        return self.info.metadata_int("ss_epoch") or self.name.epoch
+        """``ss_epoch`` metadata when present, else the name's epoch (sd-scripts' or OneTrainer's names)."""
+        return self.info.metadata_int("ss_epoch") or self.name.epoch or self._onetrainer(1)
 
     @property
     def step(self) -> int | None:
-        return self.info.metadata_int("ss_steps") or self.name.step
+        return self.info.metadata_int("ss_steps") or self.name.step or self._onetrainer(0)
+
+    def _onetrainer(self, index: int) -> int | None:
+        progress = naming.onetrainer_progress(self.path.name)
+        return progress[index] if progress else None
 
     def sort_key(self) -> tuple[float, float, int, str]:
         inf = float("inf")

@@ -114,3 +114,27 @@ def test_diffusers_adapter_metadata_sets_the_scale_or_is_refused(tmp_path, sdxl_
         with swapper.applied(path):
             pass
     assert all(torch.equal(m.weight, w) for m, w in before.items())
+
+
+def test_a_onetrainer_save_folder_is_scored_in_training_order_with_steps_from_the_names(tmp_path, demo_assets):
+    """`evaluator run` on OneTrainer's workspace/save folder as OneTrainer names its files: step and epoch come
+    from the names, and the LEGACY and COMFY files (the same weights) score the same."""
+    from conftest import REPO_ROOT, run_cli
+    from shared.jsonio import read_model
+    from shared.records import EvaluationSummary
+    from shared.trial import Trial
+
+    save = tmp_path / "save"
+    save.mkdir()
+    names = {"legacy_lora": "luca2026-11-23_10-00-00-save-40-1-0", "comfy_lora": "luca2026-11-23_10-05-00-save-60-1-20"}
+    for fmt, stem in names.items():
+        (save / f"{stem}.safetensors").write_bytes((DATA / fmt / f"{fmt}.safetensors").read_bytes())
+    config = tmp_path / "eval.toml"
+    config.write_text((REPO_ROOT / "configs" / "evaluate-folder.toml").read_text()
+                      .replace('base = "demo:tiny" ', 'base = "demo:tiny-sdxl" '))
+    run_cli("evaluator", "run", "--dir", str(save), "--config", str(config), timeout=600)
+    summary = read_model(Trial(save).evaluation_summary_path, EvaluationSummary)
+    rows = [e for e in summary.ordered() if e.checkpoint != "baseline"]
+    assert [(e.checkpoint, e.step, e.epoch) for e in rows] == [(names["legacy_lora"], 40, 1),
+                                                             (names["comfy_lora"], 60, 2)]
+    assert rows[0].metrics.score == rows[1].metrics.score and rows[1].metrics.ssim_prev == pytest.approx(1.0)

@@ -41,3 +41,14 @@ def test_other_runs_files_are_rejected_when_name_given():
     with pytest.raises(ValueError):
         naming.parse_stem("other-000002", "lora")
     assert naming.parse_stem("other-000002").output_name == "other"
+
+
+def test_onetrainer_save_names_give_step_and_epoch():
+    """OneTrainer writes no ss_steps/ss_epoch; its save names carry them: <prefix><timestamp>-save-<global step>-
+    <finished epochs>-<step in epoch> (GenericTrainer). A mid-epoch save belongs to the next epoch, as in
+    sd-scripts' ss_epoch."""
+    assert naming.onetrainer_progress("luca2026-11-23_10-00-00-save-40-1-0.safetensors") == (40, 1)
+    assert naming.onetrainer_progress("2026-11-23_10-00-00-save-50-1-10") == (50, 2)
+    assert naming.onetrainer_progress("my-lora-2024-01-02_03-04-05-save-7-0-7.safetensors") == (7, 1)
+    for other in ("lora-000004", "lora-step00000500", "lora", "lora-save-40-1-0", "x2026-11-23_10-00-00"):
+        assert naming.onetrainer_progress(other) is None, other
