@@ -2,7 +2,7 @@
 
 A key is ``<module>.<part>``. sd-scripts, kohya_ss and LyCORIS write ``lora_unet_<path>`` / ``lora_te_<path>``
 (``lora_te1_``/``lora_te2_`` for SDXL) with the path's dots as underscores, and ``lora_down``/``lora_up``/``alpha``
-parts. Other layouts, each proven on files made by the tool itself (``tests/data/onetrainer_sdxl``):
+parts. Other layouts, each proven on files made by the tool itself (``tests/data/onetrainer``):
 
 - OneTrainer LEGACY (its default) and KOHYA: kohya prefixes and parts; SDXL LEGACY keeps the UNet's diffusers
   paths (``lora_unet_down_blocks_1_attentions_0_…``) where sd-scripts uses the original ldm ones;
@@ -11,7 +11,8 @@ parts. Other layouts, each proven on files made by the tool itself (``tests/data
 - diffusers / peft and OneTrainer DIFFUSERS: ``unet.<path>``, ``text_encoder.<path>``, ``text_encoder_2.<path>``,
   parts ``lora_A.weight``/``lora_B.weight`` with the alpha folded in (scale 1) or given by the file's
   ``lora_adapter_metadata``;
-- OneTrainer INTERNAL and OMI: the same prefixes (OMI: ``clip_l.``/``clip_g.``) with kohya's parts.
+- OneTrainer INTERNAL and OMI: the same prefixes (OMI: ``clip_l.``/``clip_g.``) with kohya's parts;
+- OneTrainer ORIGINAL (UNet only): the original UNet's names with no prefix (``input_blocks.4.1.…``), A/B parts.
 
 Here a module name becomes a kohya-style name (prefix + path with underscores); which layout the path is
 in (diffusers or the original ldm one) is left to ``KohyaTable.canonical``, which knows both. The first text
@@ -30,6 +31,9 @@ _PREFIXES: tuple[tuple[str, str], ...] = (
     ("unet.", "lora_unet_"),
     ("clip_l.", "lora_te1_"),
     ("clip_g.", "lora_te2_"),
+    # OneTrainer ORIGINAL (UNet only): the original UNet's own top-level names, no prefix at all.
+    *((f"{top}.", f"lora_unet_{top}_") for top in ("input_blocks", "middle_block", "output_blocks", "time_embed",
+                                                    "label_emb", "out")),
 )
 
 #: The A/B names (diffusers, peft, ComfyUI) of kohya's parts.
