@@ -257,6 +257,11 @@ def parse_network(state: Mapping[str, torch.Tensor],
             raise CheckpointError(f"{file_names[name]} and {module} name the same module; nothing was applied")
         by_module.setdefault(name, {})[AB_PARTS.get(part, part)] = tensor
         file_parts.setdefault(name, []).append(part)
+    bundled = sorted(k for k in unknown if k.startswith("bundle_emb."))
+    if bundled:
+        raise CheckpointError(f"it holds embeddings bundled with the LoRA ({len(bundled)} keys, e.g. {bundled[0]}): "
+                              "textual-inversion vectors, which the evaluator does not apply; nothing was applied "
+                              "(OneTrainer: save without bundle_additional_embeddings to score the LoRA alone)")
     if other_kinds:
         kinds = ", ".join(f"{k} (e.g. {v})" for k, v in sorted(other_kinds.items()))
         raise CheckpointError(f"this is a {kinds} network, which the evaluator cannot merge; "
