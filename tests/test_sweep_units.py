@@ -52,6 +52,32 @@ def test_follower_reports_each_epoch_once_in_order():
     assert ScoreFollower().new_points(steps_only) == [(500, 0.4)]
 
 
+def test_an_epoch_is_reported_by_the_checkpoint_that_ends_it_whatever_the_scoring_order():
+    """A step checkpoint inside an epoch (the built-in trainer's save on a stop mid-epoch 2 carries ss_epoch 1, the
+    epochs completed; sd-scripts' save_every_n_steps files carry the epoch in progress) must not stand for the
+    epoch its epoch file ends, whether it is scored in the same poll or in a later one."""
+    def summary(*entries):
+        return EvaluationSummary(trial_name="t", checkpoints={
+            stem: SummaryEntry(checkpoint=stem, epoch=epoch, step=step, metrics=Metrics(score=score))
+            for stem, epoch, step, score in entries})
+
+    epoch1 = ("lora-000001", 1, 4, 0.50)
+    stop_save = ("lora-step00000006", 1, 6, 0.90)  # mid-epoch 2, labelled with the epoch completed
+    epoch2 = ("lora-000002", 2, 8, 0.60)
+    one_poll = ScoreFollower()
+    assert one_poll.new_points(summary(epoch1, stop_save)) == [(1, 0.50)]
+    assert one_poll.new_points(summary(epoch1, stop_save, epoch2)) == [(2, 0.60)]
+    two_polls = ScoreFollower()
+    assert two_polls.new_points(summary(epoch1)) == [(1, 0.50)]
+    assert two_polls.new_points(summary(epoch1, stop_save)) == []
+    # Only step files: an epoch stands for itself by its latest step file once a later epoch has begun.
+    in_progress = ScoreFollower()
+    assert in_progress.new_points(summary(("lora-step00000002", 1, 2, 0.1), ("lora-step00000004", 1, 4, 0.2))) == []
+    assert in_progress.new_points(summary(("lora-step00000002", 1, 2, 0.1), ("lora-step00000004", 1, 4, 0.2),
+                                          ("lora-step00000006", 2, 6, 0.3))) == [(1, 0.2)]
+    assert in_progress.new_points(summary(("lora-step00000006", 2, 6, 0.3), ("lora", 2, 8, 0.4))) == [(2, 0.4)]
+
+
 def test_scores_are_taken_only_once_every_checkpoint_on_disk_is_in_the_summary(tmp_path):
     trial = Trial(tmp_path / "trial_0001")
     trial.root.mkdir()

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from shared.errors import EpochscopeError
-from shared.naming import epoch_stem, step_stem
+from shared.naming import CHECKPOINT_SUFFIX, epoch_stem, step_stem
 from shared.safetensors_info import inspect
 from shared.trial import Trial
 
@@ -187,6 +187,15 @@ def consume_stale_stop_request(trial: Trial, now: datetime | None = None) -> Pat
 TRAINER_LOG_DIRS = ("trainer", "sd-scripts")
 
 
+def _link_or_copy(src: Path, dest: Path) -> None:
+    import shutil
+
+    try:
+        os.link(src, dest)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(src, dest)
+
+
 def copy_run_until(source: Trial, dest: Trial, output_name: str, state_dir: Path, step: int,
                    epoch: int) -> list[Path]:
     """Copy into ``dest`` what ``trainer run --continue`` needs to go on from ``source``'s ``state_dir``: the
@@ -214,6 +223,8 @@ def copy_run_until(source: Trial, dest: Trial, output_name: str, state_dir: Path
             shutil.rmtree(tmp)
         if item.is_dir():
             shutil.copytree(item, tmp)
+        elif item.suffix == CHECKPOINT_SUFFIX:
+            _link_or_copy(item, tmp)
         else:
             shutil.copy2(item, tmp)
         os.replace(tmp, target)

@@ -20,7 +20,10 @@ def read_summary(trial: Trial) -> EvaluationSummary | None:
 
 @dataclass
 class ScoreFollower:
-    """Reports each epoch's score once, in training order."""
+    """Reports each epoch's score once, in training order: the checkpoint that ends the epoch (its epoch file
+    or the final one). A step checkpoint inside an epoch (saved every N steps, or on a stop mid-epoch, which
+    the built-in trainer labels with the epochs completed) stands for its epoch only when the epoch has none
+    and is over, that is once a later epoch has a checkpoint. Checkpoints without an epoch count by step."""
 
     objective: str = "score"
     reported: dict[int, float] = field(default_factory=dict)
@@ -28,15 +31,28 @@ class ScoreFollower:
     def new_points(self, summary: EvaluationSummary | None) -> list[tuple[int, float]]:
         if summary is None:
             return []
-        points: dict[int, float] = {}
+        ends: dict[int, float] = {}
+        inside: dict[int, float] = {}
         for e in summary.ordered():
             value = getattr(e.metrics, self.objective, None)
             x = e.epoch if e.epoch is not None else e.step
-            if value is not None and x is not None and x not in self.reported:
-                points[x] = value  # the latest checkpoint of an epoch wins
+            if value is None or x is None or x in self.reported:
+                continue
+            if e.epoch is not None and _is_step_checkpoint(e.checkpoint):
+                inside[x] = value  # the latest inside an epoch
+            else:
+                ends[x] = value  # the latest checkpoint of an epoch wins
+        latest = max([*ends, *inside, *self.reported], default=None)
+        points = {**{x: v for x, v in inside.items() if latest is not None and x < latest}, **ends}
         out = sorted(points.items())
         self.reported.update(out)
         return out
+
+
+def _is_step_checkpoint(stem: str) -> bool:
+    from shared.naming import parse_stem
+
+    return parse_stem(stem).kind == "step"
 
 
 def objective_value(summary: EvaluationSummary | None, objective: str, direction: str) -> float | None:
