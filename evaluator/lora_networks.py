@@ -255,7 +255,11 @@ def parse_network(state: Mapping[str, torch.Tensor],
         name = kohya_module_name(module)
         if file_names.setdefault(name, module) != module:
             raise CheckpointError(f"{file_names[name]} and {module} name the same module; nothing was applied")
-        by_module.setdefault(name, {})[AB_PARTS.get(part, part)] = tensor
+        parts = by_module.setdefault(name, {})
+        if AB_PARTS.get(part, part) in parts:  # lora_A beside lora_down, or one module under two layouts' names
+            raise CheckpointError(f"{key} repeats a weight the file already gives ({file_names[name]}."
+                                  f"{file_parts[name][-1]}); nothing was applied")
+        parts[AB_PARTS.get(part, part)] = tensor
         file_parts.setdefault(name, []).append(part)
     bundled = sorted(k for k in unknown if k.startswith("bundle_emb."))
     if bundled:

@@ -192,6 +192,9 @@ def test_unmergeable_networks_are_refused_by_name():
                        "m.something_new": torch.ones(1)})
     with pytest.raises(CheckpointError, match="incomplete"):
         parse_network({"m.lora_down.weight": torch.ones(1, 3)})
+    with pytest.raises(CheckpointError, match=r"m.lora_A.weight repeats a weight the file already gives"):
+        parse_network({"m.lora_down.weight": torch.ones(1, 3), "m.lora_A.weight": torch.ones(1, 3),
+                       "m.lora_up.weight": torch.ones(3, 1)})
     with pytest.raises(CheckpointError, match=r"embeddings bundled with the LoRA \(1 keys, e.g. bundle_emb.sks.clip_l\)"):
         parse_network({"m.lora_up.weight": torch.ones(3, 1), "m.lora_down.weight": torch.ones(1, 3),
                        "bundle_emb.sks.clip_l": torch.ones(2, 768)})  # OneTrainer's bundle_additional_embeddings
