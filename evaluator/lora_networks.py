@@ -255,11 +255,12 @@ def parse_network(state: Mapping[str, torch.Tensor],
         name = kohya_module_name(module)
         if file_names.setdefault(name, module) != module:
             raise CheckpointError(f"{file_names[name]} and {module} name the same module; nothing was applied")
-        parts = by_module.setdefault(name, {})
-        if AB_PARTS.get(part, part) in parts:  # lora_A beside lora_down, or one module under two layouts' names
-            raise CheckpointError(f"{key} repeats a weight the file already gives ({file_names[name]}."
-                                  f"{file_parts[name][-1]}); nothing was applied")
-        parts[AB_PARTS.get(part, part)] = tensor
+        parts, kohya_part = by_module.setdefault(name, {}), AB_PARTS.get(part, part)
+        if kohya_part in parts:  # lora_A beside lora_down
+            given = next(p for p in file_parts[name] if AB_PARTS.get(p, p) == kohya_part)
+            raise CheckpointError(f"{key} repeats a weight the file already gives ({module}.{given}); "
+                                  "nothing was applied")
+        parts[kohya_part] = tensor
         file_parts.setdefault(name, []).append(part)
     bundled = sorted(k for k in unknown if k.startswith("bundle_emb."))
     if bundled:

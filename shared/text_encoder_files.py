@@ -26,13 +26,18 @@ def hub_key(key: str) -> str:
     return TEXT_MODEL_PREFIX + key
 
 
+def _renamed(keys) -> bool:
+    """Some key is not under its hub name."""
+    return any(hub_key(k) != k for k in keys)
+
+
 def needs_hub_names(model_dir: Path | str) -> bool:
     """True when a text-encoder file in ``model_dir`` has a key without its hub name (reads headers only)."""
     from safetensors import safe_open
 
     for path in _weight_files(Path(model_dir)):
         with safe_open(str(path), framework="pt") as f:
-            if any(hub_key(k) != k for k in f.keys()):
+            if _renamed(f.keys()):
                 return True
     return False
 
@@ -51,7 +56,7 @@ def write_hub_names(model_dir: Path | str) -> bool:
 
             data = json.loads(index.read_text(encoding="utf-8"))
             weight_map = data.get("weight_map", {})
-            if any(hub_key(k) != k for k in weight_map):
+            if _renamed(weight_map):
                 data["weight_map"] = {hub_key(k): v for k, v in weight_map.items()}
                 atomic_write_text(index, json.dumps(data, indent=2) + "\n")
                 changed = True
@@ -68,7 +73,7 @@ def _rename_keys_in(path: Path) -> bool:
 
     with safe_open(str(path), framework="pt") as f:
         keys = list(f.keys())
-        if all(hub_key(k) == k for k in keys):
+        if not _renamed(keys):
             return False
         metadata = f.metadata() or {"format": "pt"}
         tensors = {hub_key(k): f.get_tensor(k) for k in keys}
@@ -99,19 +104,14 @@ def weights_left_random(model, te_dir: Path | str) -> list[str]:
     files = _files_loaded_without_variant(Path(te_dir))
     if not files or not all(k in params for k in PROBE_KEYS):
         return []
-    left: list[str] = []
-    for probe in PROBE_KEYS:
-        found = None
-        for path in files:
-            with safe_open(str(path), framework="pt") as f:
-                name = next((k for k in f.keys() if hub_key(k) == probe), None)
-                if name is not None:
-                    found = f.get_tensor(name)
-                    break
-        loaded = params[probe].detach().cpu()
-        if found is None or not found.to(loaded.dtype).equal(loaded):
-            left.append(probe)
-    return left
+    found = {}
+    for path in files:  # each file opened once
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                if hub_key(name) in PROBE_KEYS:
+                    found.setdefault(hub_key(name), f.get_tensor(name))
+    loaded = {probe: params[probe].detach().cpu() for probe in PROBE_KEYS}
+    return [p for p in PROBE_KEYS if p not in found or not found[p].to(loaded[p].dtype).equal(loaded[p])]
 
 
 def _files_loaded_without_variant(te_dir: Path) -> list[Path]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -188,8 +189,6 @@ TRAINER_LOG_DIRS = ("trainer", "sd-scripts")
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
-    import shutil
-
     try:
         os.link(src, dest)
     except OSError:  # another filesystem, or one without hard links
@@ -202,14 +201,15 @@ def copy_run_until(source: Trial, dest: Trial, output_name: str, state_dir: Path
     checkpoints of ``output_name`` up to that state (later ones would be trained again), params.json (the run's
     history), training.log, the trainer's TensorBoard logs, and the state folder last, so a ``dest`` cut
     short by a kill holds no state whose checkpoints are missing. Each item is copied under a dot name and
-    renamed into place. ``source`` is only read. Returns the copied paths in ``dest``."""
-    import shutil
-
+    renamed into place; checkpoints are hard links where the filesystem allows (an SDXL run's are hundreds of MB
+    each, and no writer here changes a checkpoint in place: each is written once, under a temporary name, and a
+    sd-scripts continuation writes to its staging folder). ``source`` is only read. Returns the copied paths in
+    ``dest``."""
     dest.root.mkdir(parents=True, exist_ok=True)
     items: list[Path] = []
     for ckpt in source.checkpoints(output_name):
-        at = ckpt.step if ckpt.step is not None else None
-        if (at is not None and at <= step) or (at is None and ckpt.epoch is not None and ckpt.epoch <= epoch):
+        if (ckpt.step is not None and ckpt.step <= step) or (ckpt.step is None and ckpt.epoch is not None
+                                                                and ckpt.epoch <= epoch):
             items.append(ckpt.path)
     items += [p for p in (source.params_path, source.log_path) if p.is_file()]
     items += [source.logs_dir / d for d in TRAINER_LOG_DIRS if (source.logs_dir / d).is_dir()]

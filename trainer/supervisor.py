@@ -401,8 +401,6 @@ class PauseGuard:
             self.status.update(paused=False)
 
 
-
-
 def _finite(x: float | None) -> float | None:
     import math
 

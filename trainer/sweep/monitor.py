@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from shared.errors import FileFormatError
 from shared.jsonio import read_model_or_none
+from shared.naming import parse_stem
 from shared.records import EvaluationSummary
 from shared.trial import Trial
 
@@ -38,21 +39,15 @@ class ScoreFollower:
             x = e.epoch if e.epoch is not None else e.step
             if value is None or x is None or x in self.reported:
                 continue
-            if e.epoch is not None and _is_step_checkpoint(e.checkpoint):
+            if e.epoch is not None and parse_stem(e.checkpoint).kind == "step":
                 inside[x] = value  # the latest inside an epoch
             else:
                 ends[x] = value  # the latest checkpoint of an epoch wins
         latest = max([*ends, *inside, *self.reported], default=None)
-        points = {**{x: v for x, v in inside.items() if latest is not None and x < latest}, **ends}
+        points = {**{x: v for x, v in inside.items() if x < latest}, **ends}
         out = sorted(points.items())
         self.reported.update(out)
         return out
-
-
-def _is_step_checkpoint(stem: str) -> bool:
-    from shared.naming import parse_stem
-
-    return parse_stem(stem).kind == "step"
 
 
 def objective_value(summary: EvaluationSummary | None, objective: str, direction: str) -> float | None:
