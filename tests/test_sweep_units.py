@@ -201,6 +201,36 @@ def _sweep(tmp_path, **changes) -> Sweep:
                               start_evaluator=False))
 
 
+def test_of_two_workers_that_ask_at_once_for_the_last_trial_the_later_stands_down(tmp_path, capsys):
+    """n_trials = 4 and 3 trials count when two workers each ask for one more. The storage numbers trials
+    in order: the later is surplus, is never run, and gives back the enqueued retry it had taken."""
+    from trainer.sweep.driver import TrialFailed
+
+    sweep = _sweep(tmp_path)
+    (tmp_path / "root").mkdir()
+    study = sweep.open_study()  # plants 3 enqueued trials
+    for value in (0.1, 0.2):
+        study.tell(study.ask(), value)
+    study.ask()  # trial 2 runs on some worker
+    first = study.ask()  # one worker takes the last trial; this worker, asking at the same moment, takes a retry
+    study.enqueue_trial({"training.learning_rate": 1e-3}, user_attrs={bookkeeping.RETRY_OF: 0})
+    study.optimize(sweep.objective, n_trials=2, catch=(TrialFailed,))
+
+    assert not bookkeeping.surplus(first, 4)
+    late = study.trials[first.number + 1]
+    assert late.user_attrs[bookkeeping.SURPLUS] is True and late.state == S.FAIL and late.params == {}
+    assert not (tmp_path / "root" / f"trial_{late.number + 1:04d}").exists(), "never run"
+    assert [t.number for t in study.trials if t.state != S.WAITING] == list(range(late.number + 1)), "stopped"
+    assert bookkeeping.counted(study) == 4
+    assert bookkeeping.requeue_interrupted(study, tmp_path / "root", False) == [], "not an interrupted trial"
+    waiting = study.get_trials(states=(S.WAITING,))
+    assert [(t.system_attrs["fixed_params"], t.user_attrs) for t in waiting] == [
+        ({"training.learning_rate": 1e-3}, {bookkeeping.RETRY_OF: 0})], "the retry it took is given back"
+    sweep._print_results(study)
+    out = capsys.readouterr().out
+    assert f"trial_{first.number + 1:04d}" in out and f"trial_{late.number + 1:04d}" not in out
+
+
 def test_reopening_a_study_enqueues_the_fixed_trials_once(tmp_path):
     sweep = _sweep(tmp_path)
     (tmp_path / "root").mkdir()

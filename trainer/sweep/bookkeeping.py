@@ -29,6 +29,7 @@ ROOT = "root"  # the sweep root holding the trial's folder: its re-run owns the 
 PRUNED_AT = "pruned_at"  # the epoch (or step) at which the pruner said stop, recorded at once
 RETRY_OF = "retry_of"  # on a re-enqueued trial: the number of the interrupted trial it replaces
 RESUMED_FROM = "resumed_from"  # on a retry: the interrupted trial's state it went on from (trial_NNNN/x-state)
+SURPLUS = "surplus"  # asked when the study already had its n_trials (workers racing): never run, not a result
 
 
 def counts(trial) -> bool:
@@ -44,6 +45,27 @@ def counts(trial) -> bool:
 
 def counted(study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False) if counts(t))
+
+
+def surplus(trial, n_trials: int) -> bool:
+    """Whether a trial just asked for is one too many: n_trials trials numbered before it already count.
+
+    Two workers that finish together both see room for one more trial and both ask. The storage numbers
+    trials in the order it creates them, so the later of the two sees the earlier one RUNNING and stands
+    down; checking the count before asking cannot close that race."""
+    earlier = (t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number)
+    return sum(1 for t in earlier if counts(t)) >= n_trials
+
+
+def stand_down(trial) -> None:
+    """Record a surplus trial as such, and give back the enqueued values it took (a retry, or a trial the
+    config plants), with the retry's link, so the trial that runs them later is the one that counts."""
+    trial.set_user_attr(SURPLUS, True)
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    fixed = frozen.system_attrs.get("fixed_params")
+    if fixed:
+        kept = {k: v for k, v in frozen.user_attrs.items() if k == RETRY_OF}
+        trial.study.enqueue_trial(fixed, user_attrs=kept, skip_if_exists=False)
 
 
 def claim(trial, root: Path | None = None) -> None:
@@ -116,7 +138,7 @@ def interrupted(trial) -> bool:
     saying so), so its parameters were never judged."""
     from optuna.trial import TrialState as S
 
-    return trial.state == S.FAIL and not counts(trial)
+    return trial.state == S.FAIL and not counts(trial) and not trial.user_attrs.get(SURPLUS)
 
 
 def owned(trial, root: Path, shared_storage: bool) -> bool:

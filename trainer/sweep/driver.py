@@ -128,6 +128,12 @@ class Sweep:
         interrupted = False
         proc: subprocess.Popen | None = None
         self._pruned_at = None
+        if bookkeeping.surplus(trial, self.opts.n_trials):
+            bookkeeping.stand_down(trial)
+            trial.study.stop()
+            log.info("trial %d: another worker took the study's last trial at the same moment; this one is not run",
+                     number)
+            raise TrialFailed("surplus")
         try:
             bookkeeping.claim(trial, self.root.root)
             values = sample(trial, self.cfg.space, self.opts.config)
@@ -330,7 +336,8 @@ class Sweep:
         waiting = optuna.trial.TrialState.WAITING
         retried = {t.user_attrs[bookkeeping.RETRY_OF]: t.number for t in study.trials
                    if t.user_attrs.get(bookkeeping.RETRY_OF) is not None}
-        for t in sorted((t for t in study.trials if t.state != waiting), key=lambda t: t.number):
+        shown = (t for t in study.trials if t.state != waiting and not t.user_attrs.get(bookkeeping.SURPLUS))
+        for t in sorted(shown, key=lambda t: t.number):
             value = "-" if t.value is None else f"{t.value:.4f}"
             note = t.user_attrs.get(bookkeeping.FAIL_REASON, "")
             if t.number in retried:
