@@ -20,6 +20,7 @@ from shared.config import Family
 from shared.errors import CheckpointError
 from shared.kohya_names import KohyaTable, is_sdxl_unet
 from shared.model_family import FAMILY_NAMES, family_of_lora
+from shared.nonfinite import NonFinite, nonfinite_values
 
 # Names of architectures neither table covers (SD 1.x and SDXL files are told apart by family_of_lora).
 _OTHER_ARCH_HINTS = (
@@ -72,6 +73,7 @@ class LoraSwapper:
         self.modules = self.table.resolve({"unet": unet, "text_encoder": text_encoder,
                                            "text_encoder_2": text_encoder_2})
         self.last_description = ""
+        self.last_nonfinite = NonFinite(0, 0, ())  # of the file last applied: NaN/inf values mean nothing was merged
 
     @classmethod
     def for_pipeline(cls, pipe) -> "LoraSwapper":
@@ -104,8 +106,18 @@ class LoraSwapper:
 
     @contextmanager
     def applied(self, path: Path, scale: float = 1.0):
-        """Merge the network in ``path``; on exit (even after an error) restore the exact base weights."""
+        """Merge the network in ``path``; on exit (even after an error) restore the exact base weights.
+
+        A file that fits but holds NaN or infinity (a diverged run) is not merged: every sample would be NaN.
+        It yields 0 layers and says why in ``last_nonfinite``; the caller records its samples failed."""
         plan = self.plan(load_lora_file(path), _metadata(path))
+        try:
+            self.last_nonfinite = nonfinite_values(path)  # the file is in the page cache: ~0.1 s per GB
+        except ValueError as e:  # safetensors read it a moment ago: it changed, or is not what it seems
+            raise CheckpointError(str(e)) from None
+        if self.last_nonfinite:
+            yield 0
+            return
         saved: list[tuple[torch.nn.Module, torch.Tensor]] = []
         try:
             with torch.no_grad():

@@ -236,7 +236,11 @@ def score(models: Models, ctx: TrialContext, name: str, lora: Path | None, fp: F
         else:
             with models.swapper.applied(lora, ctx.settings.lora_scale):
                 timings["swap"] = time.monotonic() - t0
-                images, nsfw = generate(models.pipe, gen)
+                if models.swapper.last_nonfinite:  # every sample would be NaN: not worth the GPU's time
+                    images = [np.full((spec.height, spec.width, 3), np.nan, np.float32) for spec in gen.samples]
+                    nsfw = [False] * len(images)
+                else:
+                    images, nsfw = generate(models.pipe, gen)
     timings["generate"] = time.monotonic() - t0 - timings.get("swap", 0.0)
     t1 = time.monotonic()
     images = [as_saved(im) for im in images]
@@ -256,7 +260,7 @@ def score(models: Models, ctx: TrialContext, name: str, lora: Path | None, fp: F
         checkpoint=name, file=lora.name if lora else None, fingerprint=fp, epoch=epoch, step=step, metrics=metrics,
         samples=records, encoder=models.encoder.name, num_samples=len(images),
         num_references=len(refs.images) if refs else 0,
-        num_training_images=len(training.names) if training else 0, notes=ctx.notes,
+        num_training_images=len(training.names) if training else 0, notes=ctx.notes + _diverged_note(models, lora),
         generation={**gen.describe(), "scheduler": ctx.settings.scheduler, "device": models.device,
                     "lora_scale": ctx.settings.lora_scale, "previous_checkpoint": previous,
                     "network": models.swapper.last_description if lora else None},
@@ -267,6 +271,14 @@ def score(models: Models, ctx: TrialContext, name: str, lora: Path | None, fp: F
         ctx.samples_cache = {k: v for k, v in ctx.samples_cache.items() if k == previous}
         ctx.samples_cache[folder.name] = samples
     return Scored(result, ctx.trial, folder, lora is None, images, list(samples.failures))
+
+
+def _diverged_note(models: Models, lora: Path | None) -> list[str]:
+    found = models.swapper.last_nonfinite if lora is not None else None
+    if not found:
+        return []
+    return [f"training diverged: {found.describe(lora)}; its samples were not generated (each would be NaN) "
+            "and count as failed"]
 
 
 def write_outputs(scored: Scored) -> None:

@@ -292,3 +292,59 @@ def test_the_daemon_records_each_bad_file_once_by_name_and_a_deleted_one_as_gone
     assert set(summary.failed) == {"lora-000001", "lora-000002"}, "the deleted file was recorded as a failure"
     assert not {"lora-000001", "lora-000002", "lora"} & set(summary.checkpoints)
     assert "disappeared while being scored" in caplog.text
+
+
+# ---------------------------------------------------------------- a diverged file: NaN weights
+
+
+def _diverged(trained_trial, name: str, path) -> str:
+    """A real checkpoint with one NaN planted in one tensor (a run that diverged); returns that tensor's name."""
+    state, meta = _real(trained_trial, name)
+    key = sorted(k for k in state if k.endswith("lora_up.weight"))[0]
+    state[key].view(-1)[0] = float("nan")
+    save_file(state, str(path), metadata=meta)
+    return key
+
+
+def test_a_file_holding_nan_is_planned_but_not_merged(swapper, trained_trial, tmp_path):
+    path = tmp_path / "diverged.safetensors"
+    key = _diverged(trained_trial, "lora", path)
+    before = _weights(swapper)
+    with swapper.applied(path) as layers:
+        assert layers == 0 and _same(before, swapper), "nothing merged: every sample would be NaN"
+        assert swapper.last_nonfinite.values == 1 and swapper.last_nonfinite.tensors == (key,)
+    with swapper.applied(trained_trial.checkpoint_path("lora")) as layers:  # the next file merges as ever
+        assert layers > 0 and not swapper.last_nonfinite and not _same(before, swapper)
+    assert _same(before, swapper)
+    with pytest.raises(CheckpointError, match="match no layer"):  # a file that does not fit is still refused
+        swapper.plan({f"lora_unet_nowhere.{k}": v for k, v in load_file(str(path)).items()})
+
+
+def test_the_daemon_records_a_diverged_checkpoint_failed_without_generating_it(tmp_path, trained_trial, monkeypatch):
+    from evaluator import scoring
+    from evaluator.daemon import Daemon, Options
+    from evaluator.settings import Overrides
+    from shared.jsonio import read_model
+    from shared.records import CheckpointMetrics, EvaluationSummary
+
+    t = copy_trial(trained_trial, tmp_path / "trial_0001")
+    key = _diverged(trained_trial, "lora-000002", t.checkpoint_path("lora-000002"))
+    generated = []
+    real_generate = scoring.generate
+    monkeypatch.setattr(scoring, "generate", lambda pipe, gen: generated.append(1) or real_generate(pipe, gen))
+    Daemon(t.root, Options(device="cpu", once=True, overrides=Overrides(num_samples=2, steps=2))).run()
+
+    summary = read_model(t.evaluation_summary_path, EvaluationSummary)
+    assert set(summary.checkpoints) == {"lora-000001", "lora-000002", "lora"} and not summary.failed
+    assert len(generated) == 3, "the baseline, lora-000001 and lora; not the diverged file"
+    def result(name: str) -> CheckpointMetrics:
+        row = summary.checkpoints[name]
+        return read_model(t.results_dir(row.results_dir, name) / "metrics.json", CheckpointMetrics)
+
+    diverged = result("lora-000002")
+    assert [s.failed for s in diverged.samples] == ["nan", "nan"] and diverged.metrics.failure_rate == 1.0
+    assert any(n.startswith("training diverged: lora-000002.safetensors holds 1 NaN or infinite values of ")
+               and f"(in {key})" in n for n in diverged.notes), diverged.notes
+    for name in ("lora-000001", "lora"):
+        other = result(name)
+        assert other.metrics.failure_rate == 0.0 and not any("diverged" in n for n in other.notes), name

@@ -33,7 +33,7 @@ def setup(tmp_path_factory, demo_assets):
     return root, model
 
 
-def config(root: Path, model: Path, out: str, epochs: int) -> Path:
+def config(root: Path, model: Path, out: str, epochs: int, lr: float = 1e-4) -> Path:
     cfg = root / f"{out}.toml"
     cfg.write_text(f"""
 [model]
@@ -48,7 +48,7 @@ alpha = 1.0
 backend = "sd-scripts"
 max_train_epochs = {epochs}
 save_every_n_epochs = 1
-learning_rate = 1e-4
+learning_rate = {lr:g}
 tokenizer_cache_dir = "{root}/tok"
 [output]
 dir = "{root}/{out}"
@@ -78,6 +78,23 @@ def test_trains_resumes_and_counts_steps(setup):
     assert st.state == "finished" and st.step == 11, st
     assert inspect(t.checkpoint_path("lora")).metadata_int("ss_steps") == 11
     assert {p.name: p.read_bytes() for p in t.checkpoint_paths() if p.name in before} == before, "history kept"
+
+
+def test_a_diverged_run_stops_at_its_first_nan_checkpoint(setup):
+    """sd-scripts itself trains on through NaN to the last epoch and exits 0; with a learning rate of 1e12 its
+    first checkpoint is already NaN, and the run stops there, failed, with that file named."""
+    from shared.nonfinite import nonfinite_values
+
+    root, model = setup
+    cfg = config(root, model, "diverged", epochs=30, lr=1e12)
+    result = run_cli("trainer", "run", "--config", str(cfg), "--new", timeout=1200, check=False)
+    t = Trial(root / "diverged")
+    st = read_model(t.status_path, TrainerStatus)
+    assert result.returncode == 1 and st.state == "failed", (st, result.stdout, result.stderr)
+    assert st.message.startswith("training diverged: lora-000001.safetensors holds "), st.message
+    assert [c.stem for c in t.checkpoints("lora")] in (["lora-000001"], ["lora-000001", "lora-000002"])
+    assert nonfinite_values(t.checkpoint_path("lora-000001")), "the file named holds NaN"
+    assert st.epoch < 5, "stopped, not trained on to epoch 30"
 
 
 def test_stop_request_records_the_last_complete_checkpoint(setup):

@@ -128,3 +128,54 @@ def test_a_scan_parses_a_complete_header_once_and_an_incomplete_one_each_time(tm
     (tmp_path / "lora-000002.safetensors").write_bytes(data)  # finished
     assert [c.path.name for c in discovery.scan(tmp_path, "lora", headers).ready] == [
         "lora-000001.safetensors", "lora-000002.safetensors"]
+
+
+def test_nonfinite_values_are_counted_in_every_float_dtype_as_torch_counts_them(tmp_path):
+    """NaN and +-inf planted in F64/F32/F16/BF16 tensors (numpy has no bfloat16: the check reads bits), counted
+    as torch.isfinite counts them; integer tensors and the metadata are not values."""
+    from shared.nonfinite import nonfinite_values
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"lora_unet_{dtype}.lora_down.weight": torch.randn(7, 13, generator=g).to(getattr(torch, dtype))
+               for dtype in ("float64", "float32", "float16", "bfloat16")}
+    tensors["lora_unet_clean.lora_up.weight"] = torch.randn(5, 3, generator=g).half()
+    tensors["lora_unet_big.alpha"] = torch.tensor(65504.0, dtype=torch.float16)  # the largest finite half
+    tensors["lora_unet_ids"] = torch.tensor([-1, 0x7F80, 0x7FFFFFFF], dtype=torch.int32)  # NaN's bits, as ints
+    for i, dtype in enumerate(("float64", "float32", "float16", "bfloat16")):
+        t = tensors[f"lora_unet_{dtype}.lora_down.weight"].view(-1)
+        t[i] = float("nan")
+        t[i + 20 : i + 20 + i] = float("inf") if i % 2 else float("-inf")
+    path = tmp_path / "diverged.safetensors"
+    save_file(tensors, str(path))
+
+    found = nonfinite_values(path)
+    floats = {k: v for k, v in tensors.items() if v.is_floating_point()}
+    assert found.values == sum(int((~torch.isfinite(v)).sum()) for v in floats.values()) == 1 + 2 + 3 + 4
+    assert found.total == sum(v.numel() for v in floats.values())
+    assert sorted(found.tensors) == sorted(f"lora_unet_{d}.lora_down.weight"
+                                           for d in ("float64", "float32", "float16", "bfloat16"))
+    assert "diverged.safetensors holds 10 NaN or infinite values" in found.describe(path)
+
+
+def test_the_real_files_in_tests_data_hold_no_nonfinite_value(tmp_path):
+    from pathlib import Path
+
+    from shared.nonfinite import nonfinite_values
+
+    files = sorted((Path(__file__).parent / "data").rglob("*.safetensors"))
+    assert len(files) >= 20
+    for path in files:
+        found = nonfinite_values(path)
+        assert not found and found.total > 0, path
+
+
+def test_a_file_that_is_not_safetensors_is_one_value_error(tmp_path):
+    import pytest
+
+    from shared.nonfinite import nonfinite_values
+
+    for name, data in (("short", b"\x01\x00"), ("json", struct.pack("<Q", 3) + b"{x}"),
+                       ("entry", struct.pack("<Q", 14) + b'{"a": {"x":1}}')):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=name):
+            nonfinite_values(tmp_path / name)

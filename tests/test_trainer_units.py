@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 
 from trainer.backends.base import CheckpointSaved, EpochStarted, Progress, ResumePoint, Totals
 from trainer.backends.builtin import BuiltinBackend
@@ -84,6 +85,59 @@ def test_a_non_finite_loss_is_warned_once_per_run_of_them_for_sd_scripts_too(tmp
     assert [w.split(" at step ")[1].split(":")[0] for w in warnings] == ["2", "5"], warnings
     assert "training.learning_rate" in warnings[0] and "the loss is nan" in warnings[0]
     assert sup.status.status.loss is None and sup.status.status.step == 6
+
+
+_SAVES_NAN = """
+import sys, time
+import torch
+from safetensors.torch import save_file
+root, bad = sys.argv[1], int(sys.argv[2])
+for epoch in (1, 2, 3, 4):
+    path = f"{root}/lora-{epoch:06d}.safetensors"
+    print(f"saving checkpoint: {path}", flush=True)  # sd-scripts says so before it writes the file
+    time.sleep(0.3)
+    weights = torch.ones(8, 4)
+    if epoch >= bad:
+        weights[0, 0] = float("nan")
+    save_file({"lora_unet_a.lora_down.weight": weights.half()}, path)
+    time.sleep(0.7)
+"""
+
+
+@pytest.mark.parametrize("bad", [2, 4, 5])
+def test_a_saved_network_file_holding_nan_stops_the_run_as_failed(tmp_path, bad):
+    """sd-scripts trains on through NaN to the last epoch and says "finished". The supervisor checks each file
+    once it is complete: the first one with NaN stops the run (failed, naming it); earlier ones are kept; a run
+    whose last file is the first bad one ends failed too; a clean run finishes."""
+    import io
+    import sys
+    import time
+
+    from shared.trial import Trial
+    from trainer.backends.base import LaunchSpec
+    from trainer.backends.sd_scripts import SdScriptsBackend
+    from trainer.reporting import Console, StatusFile
+    from trainer.supervisor import StopPolicy, Supervisor, new_status
+
+    trial = Trial(tmp_path / "t")
+    trial.root.mkdir()
+    out = io.StringIO()
+    sup = Supervisor(SdScriptsBackend(), trial, StatusFile(trial, new_status("sd-scripts")), "lora",
+                     console=Console(stream=out, plain_interval_s=1e9), policy=StopPolicy(2.0, 2.0))
+    started = time.monotonic()
+    with open(tmp_path / "training.log", "ab", buffering=0) as log:
+        outcome = sup.run(LaunchSpec([sys.executable, "-c", _SAVES_NAN, str(trial.root), str(bad)]), log)
+    written = sorted(p.name for p in trial.root.glob("*.safetensors"))
+    if bad == 5:
+        assert outcome.state == "finished" and len(written) == 4
+        return
+    assert outcome.state == "failed" and outcome.exit_code == 1, outcome
+    assert outcome.message.startswith(f"training diverged: lora-{bad:06d}.safetensors holds 1 NaN or infinite "
+                                      "values of 32 (in lora_unet_a.lora_down.weight)"), outcome.message
+    assert written == [f"lora-{e:06d}.safetensors" for e in range(1, bad + 1)], "stopped at the first bad file"
+    assert outcome.last_checkpoint == f"lora-{bad:06d}.safetensors"
+    assert "training diverged" in out.getvalue()
+    assert time.monotonic() - started < 15
 
 
 def test_a_retry_copies_the_run_up_to_the_state_it_goes_on_from(tmp_path):

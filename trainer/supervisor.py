@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.jsonio import read_model_or_none
+from shared.nonfinite import nonfinite_values
 from shared.errors import FileFormatError, disk_full
 from shared.pause import PauseRequest, pause_request_path
 from shared.records import StopRequest, TrainerStatus, utcnow
-from shared.safetensors_info import inspect
+from shared.safetensors_info import Completeness, inspect
 from shared.trial import Trial
 from trainer.backends.base import (
     Backend,
@@ -57,7 +58,7 @@ class Outcome:
 
 @dataclass
 class _Stopping:
-    reason: str | None = None  # "request" or "signal"
+    reason: str | None = None  # "request", "signal" or "diverged"
     detail: str = ""
     since: float = 0.0
     signals: list[int] = field(default_factory=list)
@@ -92,6 +93,7 @@ class Supervisor:
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._last_error = ""
         self._saved: list[Path] = []
+        self._unchecked: list[Path] = []  # saved network files not yet checked for NaN (sd-scripts says before it writes)
         self._t0 = time.monotonic()
         self._first_step: tuple[int, float] | None = None
         self._loss_not_finite = False  # warned for the current run of non-finite losses
@@ -146,6 +148,7 @@ class Supervisor:
                     self.log_line(log_file, line)
                     self._handle(line)
                 self._collect()
+                self._check_saved()
                 if self._stopping.reason is None:
                     self._check_stop_request()
                 self._pause.check(pgid, stopping=self._stopping.reason is not None)
@@ -170,6 +173,7 @@ class Supervisor:
                     break
         finally:
             self._collect()
+            self._check_saved()
             finish = getattr(self.backend, "finish", None)
             if finish is not None:
                 finish(self.trial)
@@ -186,6 +190,7 @@ class Supervisor:
         for path in collect(self.trial) if collect else []:
             self._saved.append(path)
             self.status.update(last_checkpoint=path.name)
+            self._unchecked.append(path)
 
     def _pump(self, stream) -> None:
         buf = b""
@@ -243,9 +248,38 @@ class Supervisor:
                 if inspect(self.trial.root / event.path.name).is_complete:
                     self.status.update(last_checkpoint=event.path.name)
                 self.console.message(f"checkpoint saved: {event.path.name}")
+                self._unchecked.append(self.trial.root / event.path.name)
             elif isinstance(event, BackendError):
                 self._last_error = event.message
                 self.status.update(message=event.message)
+
+    def _check_saved(self) -> None:
+        """sd-scripts trains on through NaN: once one weight is NaN every later step is too, and it would save
+        black-image checkpoints until the last epoch and say "finished". A saved network file holding NaN or
+        infinity stops the run as failed, as the built-in trainer's own guard does (trainer/builtin/nonfinite).
+        A file is checked once it is complete: sd-scripts announces a save before it writes it."""
+        waiting = []
+        for path in self._unchecked:
+            info = inspect(path)
+            if info.completeness is Completeness.INCOMPLETE:
+                waiting.append(path)  # not written yet, or still being written
+                continue
+            if info.completeness is Completeness.CORRUPT:
+                continue  # the evaluator names it when it looks
+            if self._stopping.reason is None:
+                self._stop_if_diverged(path)
+        self._unchecked = waiting
+
+    def _stop_if_diverged(self, path: Path) -> None:
+        try:
+            found = nonfinite_values(path)
+        except (OSError, ValueError):
+            return  # unreadable now: the evaluator names the file when it reads it
+        if found:
+            detail = (f"training diverged: {found.describe(path)}; every later step would be NaN too, so the run "
+                      "is stopped. The checkpoints before it are kept. Lower training.learning_rate")
+            self._stopping = _Stopping("diverged", detail, time.monotonic(), self._stopping.signals)
+            self.console.message(detail)
 
     def _warn_if_loss_not_finite(self, loss: float | None, step: int) -> None:
         """Once per run of NaN/inf losses, on the console: the status file only drops them (loss null)."""
@@ -348,6 +382,8 @@ class Supervisor:
             self._tb_writer.close()
         last = self.last_complete_checkpoint()
         how = self._stopping.reason
+        if how == "diverged":
+            return Outcome("failed", 1, self._stopping.detail, last)
         if how == "request" and (returncode == 0 or not self.backend.graceful_sigint):
             return Outcome("stopped_early", 0, f"stopped early: {self._stopping.detail}", last)
         if how == "signal" and (returncode == 0 or not self.backend.graceful_sigint or returncode < 0):
