@@ -37,7 +37,7 @@ from evaluator.settings import TrialSettings
 from evaluator.tensorboard_log import encode_grid, log_checkpoint
 from shared.errors import EpochscopeError
 from shared.jsonio import atomic_write_bytes, read_model, write_model
-from shared.records import CheckpointMetrics, Fingerprint, Sample
+from shared.records import DIVERGED, CheckpointMetrics, Fingerprint, Sample
 from shared.trial import BASELINE, Trial, sample_filename
 
 log = logging.getLogger("epochscope.evaluator")
@@ -277,7 +277,7 @@ def _diverged_note(models: Models, lora: Path | None) -> list[str]:
     found = models.swapper.last_nonfinite if lora is not None else None
     if not found:
         return []
-    return [f"training diverged: {found.describe(lora)}; its samples were not generated (each would be NaN) "
+    return [f"{DIVERGED}{found.describe(lora)}; its samples were not generated (each would be NaN) "
             "and count as failed"]
 
 

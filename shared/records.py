@@ -70,6 +70,9 @@ class Params(_Record):
 
 TrainerState = Literal["starting", "running", "finished", "failed", "stopped", "stopped_early"]
 FINAL_TRAINER_STATES: frozenset[str] = frozenset({"finished", "failed", "stopped", "stopped_early"})
+#: How the message of a ``failed`` run begins when it stopped because training diverged (NaN or infinite
+#: losses, gradients or saved weights): a sweep records such a trial PRUNED, a result, not a failure.
+DIVERGED = "training diverged: "
 
 
 class TrainerStatus(_Record):

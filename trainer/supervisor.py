@@ -21,7 +21,7 @@ from shared.jsonio import read_model_or_none
 from shared.nonfinite import nonfinite_values
 from shared.errors import FileFormatError, disk_full
 from shared.pause import PauseRequest, pause_request_path
-from shared.records import StopRequest, TrainerStatus, utcnow
+from shared.records import DIVERGED, StopRequest, TrainerStatus, utcnow
 from shared.safetensors_info import Completeness, inspect
 from shared.trial import Trial
 from trainer.backends.base import (
@@ -276,7 +276,7 @@ class Supervisor:
         except (OSError, ValueError):
             return  # unreadable now: the evaluator names the file when it reads it
         if found:
-            detail = (f"training diverged: {found.describe(path)}; every later step would be NaN too, so the run "
+            detail = (f"{DIVERGED}{found.describe(path)}; every later step would be NaN too, so the run "
                       "is stopped. The checkpoints before it are kept. Lower training.learning_rate")
             self._stopping = _Stopping("diverged", detail, time.monotonic(), self._stopping.signals)
             self.console.message(detail)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from shared.records import DIVERGED
+
 #: Non-finite steps in a row that mean the run has diverged, not hit a bad batch or two: a handful of
 #: seconds on a GPU, against the hours a diverged run would go on for.
 MAX_IN_A_ROW = 50
@@ -42,7 +44,7 @@ class NonFiniteSteps:
         """The error a diverged run stops with: what happened, what was kept, what to change."""
         first = self.first or 1
         hint = ' or mixed_precision = "bf16" instead of "fp16"' if mixed_precision == "fp16" else ""
-        return (f"training diverged: the loss or the gradients were not finite for {self.in_a_row} steps in a row "
+        return (f"{DIVERGED}the loss or the gradients were not finite for {self.in_a_row} steps in a row "
                 f"(steps {first}-{first + self.in_a_row - 1}); those steps were skipped, so the weights are still "
                 f"step {first - 1}'s and the checkpoints saved so far are kept. Lower training.learning_rate "
                 f"(now {learning_rate:g}){hint}")

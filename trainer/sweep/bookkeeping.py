@@ -29,6 +29,7 @@ ROOT = "root"  # the sweep root holding the trial's folder: its re-run owns the 
 PRUNED_AT = "pruned_at"  # the epoch (or step) at which the pruner said stop, recorded at once
 RETRY_OF = "retry_of"  # on a re-enqueued trial: the number of the interrupted trial it replaces
 RESUMED_FROM = "resumed_from"  # on a retry: the interrupted trial's state it went on from (trial_NNNN/x-state)
+DIVERGED = "diverged"  # the trainer's message, on a trial PRUNED because its training diverged
 SURPLUS = "surplus"  # asked when the study already had its n_trials (workers racing): never run, not a result
 
 

@@ -18,7 +18,7 @@ from shared.config import RunConfig, load_config
 from shared.errors import EpochscopeError
 from shared.folder_lock import FolderLock
 from shared.jsonio import read_model_or_none, write_model
-from shared.records import Metrics, Params, StopRequest, SweepInfo, TrainerStatus
+from shared.records import DIVERGED, Metrics, Params, StopRequest, SweepInfo, TrainerStatus
 from shared.trial import SweepRoot, Trial
 from trainer.commands.run import SWEEP_INFO_ENV
 from trainer.sweep import bookkeeping
@@ -148,6 +148,8 @@ class Sweep:
             if pruned_at is not None:
                 trial.set_user_attr("stopped_at_epoch", status.epoch if status else None)
                 raise optuna.TrialPruned(f"pruned at epoch {pruned_at}")
+            if status is not None and status.state == "failed" and (status.message or "").startswith(DIVERGED):
+                raise self._diverged(t, trial, follower, status)
             if proc.returncode != 0 or status is None or status.state not in SUCCESS_STATES:
                 reason = (status.message if status and status.message
                           else f"trainer exited with {proc.returncode}; see {t.root / 'sweep_trainer.out'}")
@@ -170,6 +172,20 @@ class Sweep:
                 self._refresh_index()
         log.info("trial %d: %s = %.4f", number, self.cfg.objective, value)
         return value
+
+    def _diverged(self, t: Trial, trial, follower: ScoreFollower, status: TrainerStatus) -> Exception:
+        """A run that diverged is a result about its parameters, not a failure of the machinery: recorded FAIL,
+        the sampler would ignore it and try the same region again. Recorded PRUNED, with whatever the
+        evaluator has scored, it ranks below every trial that got further (Optuna's TPE ranks pruned trials by
+        the step they reached), so the search learns to avoid it."""
+        import optuna
+
+        for epoch, value in follower.new_points(read_summary(t)):
+            trial.report(value, epoch)
+        trial.set_user_attr(bookkeeping.DIVERGED, status.message)
+        trial.set_user_attr("stopped_at_epoch", status.epoch)
+        log.warning("trial %d: %s", trial.number + 1, status.message)
+        return optuna.TrialPruned(f"training diverged in epoch {status.epoch}")
 
     def _continue_interrupted(self, trial, t: Trial, retry: int, values: dict) -> bool:
         """A retry goes on where the interrupted trial's newest complete training state left off: that state,
@@ -339,7 +355,7 @@ class Sweep:
         shown = (t for t in study.trials if t.state != waiting and not t.user_attrs.get(bookkeeping.SURPLUS))
         for t in sorted(shown, key=lambda t: t.number):
             value = "-" if t.value is None else f"{t.value:.4f}"
-            note = t.user_attrs.get(bookkeeping.FAIL_REASON, "")
+            note = t.user_attrs.get(bookkeeping.FAIL_REASON) or t.user_attrs.get(bookkeeping.DIVERGED, "")
             if t.number in retried:
                 note += f" (tried again as trial_{retried[t.number] + 1:04d})"
             print(f"trial_{t.number + 1:04d}  {t.state.name:<8} {value:>8}  {t.params} {note}".rstrip(), flush=True)
