@@ -25,7 +25,7 @@ from shared.records import EvaluationSummary, Metrics, Params, SummaryEntry, Swe
 from shared.trial import SweepRoot, Trial
 from trainer.sweep import bookkeeping
 from trainer.sweep.children import evaluator_serving, spawn
-from trainer.sweep.driver import Sweep, SweepOptions
+from trainer.sweep.driver import Sweep, SweepOptions, TrialFailed
 from trainer.sweep.monitor import ScoreFollower, all_scored, objective_value, read_summary
 from trainer.sweep.pruners import margin_median_pruner
 from trainer.sweep.space import build_sampler, sample, sampler_seed
@@ -204,8 +204,6 @@ def _sweep(tmp_path, **changes) -> Sweep:
 def test_of_two_workers_that_ask_at_once_for_the_last_trial_the_later_stands_down(tmp_path, capsys):
     """n_trials = 4 and 3 trials count when two workers each ask for one more. The storage numbers trials
     in order: the later is surplus, is never run, and gives back the enqueued retry it had taken."""
-    from trainer.sweep.driver import TrialFailed
-
     sweep = _sweep(tmp_path)
     (tmp_path / "root").mkdir()
     study = sweep.open_study()  # plants 3 enqueued trials

@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.errors import FileFormatError, disk_full
 from shared.jsonio import read_model_or_none
 from shared.nonfinite import nonfinite_values
-from shared.errors import FileFormatError, disk_full
 from shared.pause import PauseRequest, pause_request_path
 from shared.records import DIVERGED, StopRequest, TrainerStatus, utcnow
 from shared.safetensors_info import Completeness, inspect
@@ -93,7 +93,7 @@ class Supervisor:
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._last_error = ""
         self._saved: list[Path] = []
-        self._unchecked: list[Path] = []  # saved network files not yet checked for NaN (sd-scripts says before it writes)
+        self._unchecked: list[Path] = []  # saved network files not yet checked for NaN (see _check_saved)
         self._t0 = time.monotonic()
         self._first_step: tuple[int, float] | None = None
         self._loss_not_finite = False  # warned for the current run of non-finite losses

@@ -55,7 +55,8 @@ class SweepOptions:
 
 
 class TrialFailed(Exception):
-    """The trial FAILed for a reason recorded in its ``fail_reason`` user attr; the sweep goes on."""
+    """The trial FAILed for a reason recorded in its ``fail_reason`` user attr (or stood down as ``surplus``);
+    the sweep goes on."""
 
 
 def fail(trial, reason: str) -> TrialFailed:
