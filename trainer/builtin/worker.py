@@ -81,7 +81,7 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
     import torch
     import torch.nn.functional as F
     from diffusers.optimization import get_scheduler
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
     from shared.kohya_names import KohyaTable
@@ -115,12 +115,14 @@ def train(params: Params, trial: Trial, resume: Path | None, target_steps: int |
     for module in (comp.unet, *text_encoders, comp.vae):
         module.requires_grad_(False)
         module.to(device, dtype=vae_dtype if module is comp.vae else weight_dtype)
-    comp.unet.add_adapter(LoraConfig(r=net.dim, lora_alpha=net.alpha, lora_dropout=net.dropout,
-                                     target_modules=lora_format.UNET_TARGETS))
+    # peft's own injection, which diffusers' and transformers' add_adapter wrap: transformers 5.25's wrapper
+    # refuses every peft before 0.22, and PyPI's newest is 0.21.2 (2026-12-07).
+    inject_adapter_in_model(LoraConfig(r=net.dim, lora_alpha=net.alpha, lora_dropout=net.dropout,
+                                       target_modules=lora_format.UNET_TARGETS), comp.unet)
     if net.train_text_encoder:
         for te in text_encoders:
-            te.add_adapter(LoraConfig(r=net.dim, lora_alpha=net.alpha, lora_dropout=net.dropout,
-                                      target_modules=lora_format.TEXT_ENCODER_TARGETS))
+            inject_adapter_in_model(LoraConfig(r=net.dim, lora_alpha=net.alpha, lora_dropout=net.dropout,
+                                               target_modules=lora_format.TEXT_ENCODER_TARGETS), te)
     for module in (comp.unet, *text_encoders):
         for p in module.parameters():
             if p.requires_grad:
