@@ -61,9 +61,12 @@ class ModuleAdapter:
         a = self.parts.get("alpha")
         return float(a) if a is not None and float(a) != 0 else float(rank)
 
-    def delta(self, shape: torch.Size) -> torch.Tensor:
-        """dW at scale 1 (float32), shaped like the module's weight; CheckpointError if it does not fit."""
-        p = {k: v.float() for k, v in self.parts.items()}
+    def delta(self, shape: torch.Size, device: torch.device | str | None = None) -> torch.Tensor:
+        """dW at scale 1 (float32), shaped like the module's weight; CheckpointError if it does not fit.
+
+        ``device``: where to compute it (default: where the file's tensors are). The merge passes the
+        layer's, so only the small factors travel to a GPU, not a dense layer-sized delta made on the CPU."""
+        p = {k: v.to(device=device, dtype=torch.float32) for k, v in self.parts.items() if k != "alpha"}
         if self.kind == "lora":
             delta = _lora_delta(p, shape, self.alpha)
         elif self.kind == "loha":
@@ -79,10 +82,10 @@ class ModuleAdapter:
     def merged(self, weight: torch.Tensor, scale: float) -> torch.Tensor:
         """The new weight (float32) for ``weight`` at user scale ``scale``."""
         w = weight.float()
-        delta = self.delta(w.shape).to(w.device)
+        delta = self.delta(w.shape, w.device)
         if not self.has_dora:
             return w + scale * delta
-        full = _weight_decompose(w + delta, self.parts["dora_scale"].float().to(w.device))
+        full = _weight_decompose(w + delta, self.parts["dora_scale"].to(w.device, torch.float32))
         return w + scale * (full - w)
 
     def shapes(self) -> str:
