@@ -238,7 +238,7 @@ class CheckpointMetrics(_Record):
     notes: list[str] = Field(default_factory=list, description="Weak-evidence notes (no references, references "
                              "that overlap the training images), as evaluator.metrics.evidence.result_notes.")
     generation: dict[str, Any] = Field(default_factory=dict, description="steps, guidance, scheduler, "
-                                       "resolution, seeds, dtype, device.")
+                                       "resolution, seeds, dtype (the pipeline's), clip_dtype, device.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")
     created_at: datetime = Field(default_factory=utcnow)
 

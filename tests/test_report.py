@@ -109,9 +109,10 @@ def test_a_rescore_with_fewer_samples_cleans_up_and_the_page_says_what_was_used(
         assert m.metrics.dino is not None and m.metrics.dino_train is not None
         assert m.metrics.max_train_sim is not None and m.metrics.copy_rate == 0.0
         assert m.metrics.cmmd is not None and m.metrics.cmmd >= 0
+        assert m.generation["dtype"] == m.generation["clip_dtype"] == "float32"  # CLIP in the pipeline's dtype
     page = write_trial_report(t).read_text()
     scored = re.findall(r"<tr><th>evaluation \(as scored\)</th><td>([^<]*)</td></tr>", page)
-    assert len(scored) == 1 and scored[0].startswith("2 samples"), scored
+    assert len(scored) == 1 and scored[0].startswith("2 samples") and ", float32, CLIP demo:tiny-clip, " in scored[0], scored
     acc = EventAccumulator(str(t.logs_dir / "evaluator"), size_guidance={"scalars": 0})
     acc.Reload()
     steps = [e.step for e in acc.Scalars("eval/score")]

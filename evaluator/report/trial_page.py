@@ -77,7 +77,10 @@ def _scored_as(m) -> str:
         parts.append(f"{_values(steps)} steps")
     if guidance not in (None, []):
         parts.append(f"guidance {_values(guidance)}")
-    parts.append(f"CLIP {m.encoder}")
+    if g.get("dtype"):
+        parts.append(str(g["dtype"]))
+    parts.append(f"CLIP {m.encoder}" + (f" ({g['clip_dtype']})" if g.get("clip_dtype") not in (None, g.get("dtype"))
+                                        else ""))
     parts.append(f"{m.num_references} references, {m.num_training_images} training images")
     return ", ".join(parts)
 
