@@ -6,8 +6,10 @@ watcher."""
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +43,21 @@ from shared.records import DIVERGED, CheckpointMetrics, Fingerprint, Sample
 from shared.trial import BASELINE, Trial, sample_filename
 
 log = logging.getLogger("epochscope.evaluator")
-PNG_WRITERS = 2  # threads encoding and writing sample PNGs beside the metrics
+# Threads that encode sample PNGs (zlib releases the GIL) and write them: one per sample up to 8, as many as
+# this process may use. A 512 px PNG takes 25-110 ms to encode; 8 of them one after another were a third
+# of a plain GPU generation.
+PNG_THREADS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2))
+_encoding: ThreadPoolExecutor | None = None
+_encoding_lock = threading.Lock()
+
+
+def _encoding_pool() -> ThreadPoolExecutor:
+    """The process's PNG encoding threads, started on first use and kept (score runs once per checkpoint)."""
+    global _encoding
+    with _encoding_lock:
+        if _encoding is None:
+            _encoding = ThreadPoolExecutor(max_workers=PNG_THREADS, thread_name_prefix="epochscope-png")
+        return _encoding
 
 
 @dataclass
@@ -179,14 +195,15 @@ def as_saved(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(image, 0, 1) * 255) / 255
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
+def png_bytes(image: np.ndarray) -> bytes:
+    """A sample as the PNG file that holds it (8 bits; NaN as black)."""
     import io
 
     from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray((np.nan_to_num(np.clip(image, 0, 1)) * 255).round().astype(np.uint8)).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 @dataclass
@@ -202,6 +219,8 @@ class Scored:
     baseline: bool
     images: list[np.ndarray]
     failures: list[str | None]
+    pngs: list[Future]  # each sample's PNG bytes, encoded from the moment it was generated
+    grid: Future  # the TensorBoard grid (EncodedGrid), encoded once the failures were known
 
     @property
     def metrics(self):
@@ -246,8 +265,11 @@ def score(models: Models, ctx: TrialContext, name: str, lora: Path | None, fp: F
     timings["generate"] = time.monotonic() - t0 - timings.get("swap", 0.0)
     t1 = time.monotonic()
     images = [as_saved(im) for im in images]
+    pool = _encoding_pool()  # the files' slowest part, beside the metrics instead of after them
+    pngs = [pool.submit(png_bytes, im) for im in images]
     folder = ctx.trial.baseline_dir if lora is None else ctx.trial.checkpoint_eval_dir(name, fp.short if fp else None)
     samples = prepare_samples(images, gen.prompts, gen.seeds, models.encoder, nsfw, dino=models.dino)
+    grid = pool.submit(encode_grid, images, list(samples.failures))
     refs = ctx.ensure_references(models.encoder, models.dino)
     training = ctx.ensure_training(models.encoder, models.dino)
     baseline = None if lora is None else ctx.baseline or ctx.saved_samples(BASELINE, models.encoder, models.dino)
@@ -274,7 +296,7 @@ def score(models: Models, ctx: TrialContext, name: str, lora: Path | None, fp: F
     else:
         ctx.samples_cache = {k: v for k, v in ctx.samples_cache.items() if k == previous}
         ctx.samples_cache[folder.name] = samples
-    return Scored(result, ctx.trial, folder, lora is None, images, list(samples.failures))
+    return Scored(result, ctx.trial, folder, lora is None, images, list(samples.failures), pngs, grid)
 
 
 def _diverged_note(models: Models, lora: Path | None) -> list[str]:
@@ -286,30 +308,29 @@ def _diverged_note(models: Models, lora: Path | None) -> list[str]:
 
 
 def write_outputs(scored: Scored) -> None:
-    """Write a scored version's files: sample PNGs (encoded in threads; zlib releases the GIL), then
-    metrics.json, the summary row and TensorBoard, each atomically. Every sample file is on disk before
-    metrics.json, and metrics.json before the summary points at it. A failing write raises
+    """Write a scored version's files: sample PNGs (already encoded by ``score``; written in threads, each
+    atomically), then metrics.json, the summary row and TensorBoard, each atomically. Every sample file is on
+    disk before metrics.json, and metrics.json before the summary points at it. A failing write raises
     ``OutputError`` naming the file; TensorBoard only logs a warning (it must never cost a result)."""
     t0 = time.monotonic()
     folder, result = scored.folder, scored.result
-    with ThreadPoolExecutor(max_workers=PNG_WRITERS, thread_name_prefix="epochscope-png") as pool:
-        grid = pool.submit(encode_grid, scored.images, scored.failures)
-        pngs = [(folder / s.file, pool.submit(write_png, folder / s.file, im))
-                for s, im in zip(result.samples, scored.images)]
-        for path, f in pngs:
-            _named(path, f.result)
-        _named(folder, lambda: remove_stale_samples(folder, len(scored.images)))  # fewer samples than before
-        result.timings["write"] = time.monotonic() - t0
-        _named(folder / "metrics.json", lambda: write_model(folder / "metrics.json", result))
-        _named(scored.trial.evaluation_summary_path,
-               lambda: summaries.record(scored.trial, result, SCORE_RULE, baseline=scored.baseline,
-                                        results_dir=folder.name))
-        try:
-            log_checkpoint(scored.trial, tensorboard_step(result), result.metrics, scored.images,
-                           "baseline" if scored.baseline else "checkpoint", failures=scored.failures,
-                           grid=grid.result())
-        except Exception as e:  # noqa: BLE001 - TensorBoard must never cost a result
-            log.warning("TensorBoard logging failed: %s", e)
+    with ThreadPoolExecutor(max_workers=PNG_THREADS, thread_name_prefix="epochscope-write") as pool:  # fsyncs
+        pngs = [(folder / s.file, pool.submit(lambda p, f: atomic_write_bytes(p, f.result()), folder / s.file, png))
+                for s, png in zip(result.samples, scored.pngs)]
+    for path, f in pngs:
+        _named(path, f.result)
+    _named(folder, lambda: remove_stale_samples(folder, len(scored.images)))  # fewer samples than before
+    result.timings["write"] = time.monotonic() - t0
+    _named(folder / "metrics.json", lambda: write_model(folder / "metrics.json", result))
+    _named(scored.trial.evaluation_summary_path,
+           lambda: summaries.record(scored.trial, result, SCORE_RULE, baseline=scored.baseline,
+                                    results_dir=folder.name))
+    try:
+        log_checkpoint(scored.trial, tensorboard_step(result), result.metrics, scored.images,
+                       "baseline" if scored.baseline else "checkpoint", failures=scored.failures,
+                       grid=scored.grid.result())
+    except Exception as e:  # noqa: BLE001 - TensorBoard must never cost a result
+        log.warning("TensorBoard logging failed: %s", e)
 
 
 def tensorboard_step(result: CheckpointMetrics) -> int:

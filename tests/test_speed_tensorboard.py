@@ -105,3 +105,21 @@ def test_encoded_grid_is_what_add_image_would_store():
     ours = encode_grid(images, failures=[None, "noise", None])
     theirs = image("t", sample_grid(images, failures=[None, "noise", None]), dataformats="HWC").value[0].image
     assert (ours.height, ours.width, ours.png) == (theirs.height, theirs.width, theirs.encoded_image_string)
+
+
+def test_the_grid_is_a_preview_of_tiles_at_most_grid_tile_max_pixels():
+    """512 px samples become 256 px tiles (each pixel the mean of a 2x2 block), 1000 px ones 333 px (a
+    factor of 3, one pixel cut), and the demo's 64 px ones stay as they are."""
+    from evaluator.tensorboard_log import GRID_TILE_MAX, encode_grid, preview
+
+    assert GRID_TILE_MAX == 384
+    rng = np.random.default_rng(1)
+    big = rng.uniform(0, 1, (512, 512, 3)).astype(np.float32)
+    small = preview(big)
+    assert small.shape == (256, 256, 3)
+    np.testing.assert_allclose(small[10, 20], big[20:22, 40:42].mean(axis=(0, 1)), atol=1e-6)
+    assert preview(np.zeros((1000, 1000, 3), np.float32)).shape == (333, 333, 3)
+    demo = rng.uniform(0, 1, (64, 64, 3)).astype(np.float32)
+    assert preview(demo) is demo
+    grid = encode_grid([big] * 8)
+    assert (grid.width, grid.height) == (4 * 256, 2 * 256)
