@@ -69,3 +69,22 @@ def test_dominant_colour_share_known_values():
     half = np.zeros((10, 10, 3), np.float32)
     half[:, :5] = 1.0
     assert dominant_colour_share(half) <= 0.5
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_variance_bound_never_spares_a_near_constant_image_the_median(seed):
+    """failure_reason skips the median when a channel varies too much for 99 % of the pixels to sit near it.
+    Frames built at the edge: one colour with noise inside the tolerance, plus up to 1 % outliers at 0 or 1
+    (the most variance a near-constant frame can have): each is near-constant, and the bound must say so."""
+    from evaluator.metrics.failures import NEAR_SHARE, NEAR_TOLERANCE, _may_be_near_constant, _planes
+
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(16, 96))
+    img = rng.uniform(0.05, 0.95, 3) + rng.uniform(-NEAR_TOLERANCE / 2, NEAR_TOLERANCE / 2, (size, size, 3))
+    count = int((1 - NEAR_SHARE) * size * size * rng.uniform(0.5, 1.0))
+    where = rng.choice(size * size, count, replace=False)
+    img.reshape(-1, 3)[where] = rng.choice([0.0, 1.0], size=(count, 3))
+    img = np.clip(img, 0, 1).astype(np.float32)
+    assert dominant_colour_share(img) >= NEAR_SHARE
+    assert _may_be_near_constant(_planes(img)) and failure_reason(img) == "near_constant"
+    assert not _may_be_near_constant(_planes(scene(seed, size)))  # a picture is spared the median

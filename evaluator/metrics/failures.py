@@ -47,29 +47,66 @@ def failure_reason(image: np.ndarray, nsfw: bool = False) -> str | None:
         return BLACK
     if float(image.std()) < FLAT_STD:
         return FLAT
-    if dominant_colour_share(image) >= NEAR_SHARE:
+    planes = _planes(image)
+    if _may_be_near_constant(planes) and _dominant_share(planes) >= NEAR_SHARE:
         return NEAR_CONSTANT
-    if min(image.shape[:2]) >= MIN_NOISE_SIDE and max_neighbour_correlation(image) < NOISE_MAX_CORRELATION:
+    if min(image.shape[:2]) >= MIN_NOISE_SIDE and \
+            _max_correlation(planes, enough=NOISE_MAX_CORRELATION) < NOISE_MAX_CORRELATION:
         return NOISE
     return None
 
 
+def _planes(image: np.ndarray) -> np.ndarray:
+    """The image as contiguous (channels, H, W) float32 planes: per-channel reductions along contiguous rows
+    run about 20x faster than down the columns of an (H*W, channels) array (0.7 against 14 ms at 512 px)."""
+    a = np.asarray(image, np.float32)
+    a = a[..., None] if a.ndim == 2 else a
+    return np.ascontiguousarray(np.moveaxis(a, -1, 0))
+
+
+def _may_be_near_constant(planes: np.ndarray) -> bool:
+    """False when a channel varies too much for NEAR_SHARE of the pixels to lie within NEAR_TOLERANCE of its
+    median: those pixels deviate from it by at most the tolerance, the rest by at most the channel's range,
+    and the variance is at most the mean squared deviation from any value. A cheap bound that spares most
+    images the median."""
+    flat = planes.reshape(len(planes), -1)
+    spread = (flat.max(axis=1) - flat.min(axis=1)).astype(np.float64)
+    bound = NEAR_SHARE * NEAR_TOLERANCE ** 2 + (1 - NEAR_SHARE) * spread ** 2
+    return bool(np.all(flat.var(axis=1, dtype=np.float64) <= bound * (1 + 1e-6)))
+
+
 def dominant_colour_share(image: np.ndarray) -> float:
     """Share of pixels whose every channel lies within NEAR_TOLERANCE of the image's median colour."""
-    px = np.asarray(image, np.float32).reshape(-1, image.shape[-1])
-    median = np.median(px, axis=0)
-    return float(np.mean(np.all(np.abs(px - median) <= NEAR_TOLERANCE, axis=1)))
+    return _dominant_share(_planes(image))
 
 
-def max_neighbour_correlation(image: np.ndarray) -> float:
+def _dominant_share(planes: np.ndarray) -> float:
+    flat = planes.reshape(len(planes), -1)
+    median = np.median(flat, axis=1)
+    return float(np.mean(np.all(np.abs(flat - median[:, None]) <= NEAR_TOLERANCE, axis=0)))
+
+
+def max_neighbour_correlation(image: np.ndarray, enough: float | None = None) -> float:
     """Highest lag-1 autocorrelation over the colour channels and four directions (1 = smooth, about 0 =
-    i.i.d. noise). Channels with no variance are skipped; 0 for a constant image."""
-    a = np.asarray(image, np.float64)
-    a = a[..., None] if a.ndim == 2 else a[..., :3]
-    a = a - a.mean(axis=(0, 1))
-    var = (a * a).mean(axis=(0, 1))
+    i.i.d. noise). Channels with no variance are skipped; 0 for a constant image. With ``enough``, the
+    first direction whose correlation reaches it is returned without looking at the rest (a real image
+    correlates strongly horizontally: one direction instead of four)."""
+    a = np.asarray(image)
+    return _max_correlation(_planes(a if a.ndim == 2 else a[..., :3]), enough)
+
+
+def _max_correlation(planes: np.ndarray, enough: float | None = None) -> float:
+    a = planes[:3].astype(np.float64)
+    a -= a.mean(axis=(1, 2), keepdims=True)
+    var = (a * a).mean(axis=(1, 2))
     ok = var > 1e-12
     if not ok.any():
         return 0.0
-    pairs = ((a[:, 1:], a[:, :-1]), (a[1:, :], a[:-1, :]), (a[1:, 1:], a[:-1, :-1]), (a[1:, :-1], a[:-1, 1:]))
-    return max(float(np.max((x * y).mean(axis=(0, 1))[ok] / var[ok])) for x, y in pairs)
+    pairs = ((a[:, :, 1:], a[:, :, :-1]), (a[:, 1:, :], a[:, :-1, :]), (a[:, 1:, 1:], a[:, :-1, :-1]),
+             (a[:, 1:, :-1], a[:, :-1, 1:]))
+    best = -np.inf
+    for x, y in pairs:
+        best = max(best, float(np.max((x * y).mean(axis=(1, 2))[ok] / var[ok])))
+        if enough is not None and best >= enough:
+            break
+    return best
