@@ -173,3 +173,17 @@ def test_models_load_runs_clip_in_the_pipelines_dtype(demo_assets, tmp_path):
     settings = settings_for(load_config(write_demo_config(tmp_path / "c.toml", tmp_path / "out")))
     models = Models.load(settings, "cpu", "bf16")
     assert models.pipe.unet.dtype == models.encoder.dtype == torch.bfloat16
+
+
+def test_each_text_is_encoded_once_for_the_encoders_life(demo_assets):
+    """Every checkpoint is scored on the same prompts: the second call encodes nothing, and gives the same rows."""
+    enc = ClipEncoder.load("demo:tiny-clip")
+    calls = []
+    real = enc.model.encode_text
+    enc.model.encode_text = lambda tokens: calls.append(len(tokens)) or real(tokens)
+    first = enc.encode_texts(["a red circle", "a blue square", "a red circle"])
+    again = enc.encode_texts(["a blue square", "a red circle"])
+    assert calls == [2]
+    assert np.array_equal(again, first[[1, 0]])
+    enc.encode_texts(["a red circle", "a green disc"])
+    assert calls == [2, 1]

@@ -47,6 +47,7 @@ class ClipEncoder:
         self.resize_mode = str(preprocess_cfg.get("resize_mode", "shortest"))
         self.interpolation = str(preprocess_cfg.get("interpolation", "bicubic"))
         self.fill = float(preprocess_cfg.get("fill_color", 0)) / 255.0
+        self._text_cache: dict[str, np.ndarray] = {}
         self.dim = int(self.encode_texts([""]).shape[1])
 
     @classmethod
@@ -156,21 +157,20 @@ class ClipEncoder:
         return np.concatenate(out).astype(np.float32)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """(N, D) float32, L2-normalised; each distinct text is encoded once."""
+        """(N, D) float32, L2-normalised; each distinct text is encoded once for the encoder's life (every
+        checkpoint of a trial is scored on the same prompts)."""
         import torch
 
         if len(texts) == 0:
             return np.zeros((0, getattr(self, "dim", 0)), np.float32)
-        unique = list(dict.fromkeys(texts))
-        out = []
+        cache = self._text_cache
+        new = [t for t in dict.fromkeys(texts) if t not in cache]
         with torch.inference_mode():
-            for i in range(0, len(unique), self.batch_size):
-                tokens = self.tokenizer(unique[i:i + self.batch_size]).to(self.device)
-                emb = self.model.encode_text(tokens).float()
-                out.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
-        table = np.concatenate(out).astype(np.float32)
-        index = {t: k for k, t in enumerate(unique)}
-        return table[[index[t] for t in texts]]
+            for i in range(0, len(new), self.batch_size):
+                tokens = self.tokenizer(new[i:i + self.batch_size]).to(self.device)
+                emb = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
+                cache.update(zip(new[i:i + self.batch_size], emb.astype(np.float32)))
+        return np.stack([cache[t] for t in texts])
 
 
 def _resolve(model: str, pretrained: str | None) -> tuple[str, str | None, str]:
