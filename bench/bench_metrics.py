@@ -33,7 +33,7 @@ def reference_implementation():
 
     saved = (color.lab_pixels, color.sliced_wasserstein, color.delta_e2000, compute.paired_ssim)
     color.lab_pixels = lambda images, max_pixels=color.MAX_PIXELS, device=None: ref.lab_pixels(images, max_pixels)
-    color.sliced_wasserstein = lambda a, b, device=None: ref.sliced_wasserstein(a, b)
+    color.sliced_wasserstein = lambda a, b, device=None, b_quantiles=None: ref.sliced_wasserstein(a, b)
     color.delta_e2000 = ref.delta_e2000
     compute.paired_ssim = lambda a, b, device=None: ref.paired_ssim(a, b)
     try:
@@ -95,7 +95,7 @@ def main() -> int:
 
         def colour_only():
             lab = color.lab_pixels(cur, device=args.device)
-            color.sliced_wasserstein(lab, refs.lab_pixels, device=args.device)
+            color.sliced_wasserstein(lab, refs.lab_pixels, device=args.device, b_quantiles=refs.lab_quantiles)
             color.delta_e2000(lab.mean(axis=0), refs.mean_lab)
 
         new = (_median_time(stage, args.repeats), _median_time(ssim_only, args.repeats),

@@ -68,3 +68,12 @@ def test_subsample_is_deterministic_and_bounded():
     a, b = lab_pixels(big), lab_pixels([im.copy() for im in big])
     assert np.array_equal(a, b) and len(a) <= 32768 + 8
     assert len(lab_pixels([scene(0, 16)])) == 256  # small images: every pixel
+
+
+def test_the_references_quantiles_kept_once_give_the_same_distance():
+    """compute_metrics passes the references' projected quantiles, computed once per trial, instead of
+    sorting the same reference cloud again at every checkpoint: the distance is the same, bit for bit."""
+    from evaluator.metrics.color import projected_quantiles
+
+    a, b = lab_pixels([scene(1), scene(2)]), lab_pixels([scene(3)])
+    assert sliced_wasserstein(a, b, b_quantiles=projected_quantiles(b)) == sliced_wasserstein(a, b)

@@ -71,19 +71,25 @@ def lab_pixels(images: Sequence, max_pixels: int = MAX_PIXELS, device=None) -> n
     return rgb_to_lab(rgb).cpu().numpy()
 
 
-def sliced_wasserstein(a: np.ndarray, b: np.ndarray, device=None) -> float:
+def sliced_wasserstein(a: np.ndarray, b: np.ndarray, device=None, b_quantiles=None) -> float:
     """Mean over the fixed directions of the 1-D Wasserstein-1 distance between the projected clouds.
 
     Each 1-D distance is the mean absolute difference of N_QUANTILES quantiles (linear interpolation, as
     numpy's default), so sets of different sizes compare fine. Lab units (L runs 0..100). Runs in torch,
-    float64, on ``device`` (default: the CPU)."""
+    float64, on ``device`` (default: the CPU). ``b_quantiles``: ``projected_quantiles(b)``, kept by the
+    caller (the references' are the same for every checkpoint; the sorts are most of the cost)."""
+    qa = projected_quantiles(a, device)
+    qb = projected_quantiles(b, device) if b_quantiles is None else b_quantiles.to(qa.device)
+    return float((qa - qb).abs().mean())
+
+
+def projected_quantiles(lab: np.ndarray, device=None):
+    """The (N_QUANTILES, N_PROJECTIONS) float64 tensor of a Lab cloud's quantiles along DIRECTIONS."""
     import torch
 
     dirs = torch.as_tensor(DIRECTIONS, dtype=torch.float64, device=device or "cpu")
     q = torch.as_tensor(_QUANTILES, dtype=torch.float64, device=dirs.device)
-    qa = _quantiles(torch.as_tensor(a, dtype=torch.float64, device=dirs.device) @ dirs.T, q)
-    qb = _quantiles(torch.as_tensor(b, dtype=torch.float64, device=dirs.device) @ dirs.T, q)
-    return float((qa - qb).abs().mean())
+    return _quantiles(torch.as_tensor(lab, dtype=torch.float64, device=dirs.device) @ dirs.T, q)
 
 
 def _quantiles(x, q):

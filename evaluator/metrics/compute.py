@@ -59,7 +59,8 @@ def compute_metrics(samples: SampleSet, references: ReferenceSet | None, baselin
         m.max_ref_sim = embeddings.max_ref_sim(emb, references.embeddings)
         m.cmmd = embeddings.cmmd(emb, references.embeddings)
         sample_lab = samples.lab_pixels if samples.lab_pixels is not None else color.lab_pixels(valid, device=device)
-        m.color_swd_lab = color.sliced_wasserstein(sample_lab, references.lab_pixels, device=device)
+        m.color_swd_lab = color.sliced_wasserstein(sample_lab, references.lab_pixels, device=device,
+                                                   b_quantiles=references.lab_quantiles)
         m.color_delta_e2000_mean = color.delta_e2000(sample_lab.mean(axis=0), references.mean_lab)
         for k in STAT_NAMES:
             setattr(m, f"{k}_delta_ref", stats[k] - references.stats[k])

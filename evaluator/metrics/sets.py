@@ -31,6 +31,7 @@ class ReferenceSet:
     names: list[str] = field(default_factory=list)  # one label per image (file name), for warnings and copies
     thumbnails: np.ndarray | None = None  # (N, 32, 32, 3) uint8, for the near-copy test
     dino: np.ndarray | None = None  # (N, E) DINO embeddings, L2-normalised, when DINO is on
+    lab_quantiles: object | None = None  # color.projected_quantiles(lab_pixels), a torch tensor on the device
 
 
 @dataclass
@@ -78,7 +79,8 @@ def prepare_references(images: Sequence[np.ndarray], encoder: ClipEncoder, names
     return ReferenceSet(ims, emb, pixels, pixels.mean(axis=0) if len(pixels) else np.zeros(3),
                         mean_stats(ims) or {}, embeddings.ref_self_sim(emb) if len(ims) else None, encoder.name,
                         list(names) if names is not None else [str(i) for i in range(len(ims))], thumbnails(ims),
-                        dino.encode_images(ims) if dino is not None and ims else None)
+                        dino.encode_images(ims) if dino is not None and ims else None,
+                        color.projected_quantiles(pixels, _device(encoder)) if len(pixels) else None)
 
 
 def prepare_samples(images: Sequence[np.ndarray], prompts: Sequence[str], seeds: Sequence[int],
