@@ -172,12 +172,15 @@ def main() -> int:
     ap.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                     help="the evaluator's and the plain generation's (auto: bf16/fp16 on GPU, fp32 on CPU)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--compile", action="store_true",
+                    help="the daemon runs with evaluation.compile = true (the UNet compiled while it scores the "
+                         "baseline); the plain generation stays eager, the fresh processes do not compile")
     ap.add_argument("--train-epochs", type=int, default=8, help="epochs of each trainer steps/s run (0: skip them)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
     args.resolution = resolution_for(args.model, args.resolution)
     from shared.jsonio import read_model, write_model
-    from shared.records import CheckpointMetrics, EvaluationState, TrainerStatus
+    from shared.records import CheckpointMetrics, EvaluationState, Params, TrainerStatus
     from shared.trial import Trial
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-eval-"))
@@ -190,10 +193,12 @@ def main() -> int:
     src = Trial(tmp / "src")
     ckpts = [c.path for c in src.checkpoints("lora")]
 
-    def fresh_trial(name: str) -> Trial:
+    def fresh_trial(name: str, compile: bool = False) -> Trial:
         t = Trial(tmp / name)
         t.root.mkdir()
-        shutil.copy2(src.params_path, t.params_path)
+        params = read_model(src.params_path, Params)
+        params.config.evaluation.compile = compile
+        write_model(t.params_path, params)
         st = read_model(src.status_path, TrainerStatus)
         st.state = "running"
         write_model(t.status_path, st)
@@ -203,7 +208,7 @@ def main() -> int:
     # idle), then a fresh `evaluator run` process scores it in another trial folder. The three measurements
     # of a checkpoint are adjacent in time, so a machine whose load changes affects them alike.
     plain_gen = PlainGeneration(cfg, args.device)
-    t = fresh_trial("daemon")
+    t = fresh_trial("daemon", compile=args.compile)
     t2 = fresh_trial("per-process")
     subprocess.run([sys.executable, "-m", "evaluator", "run", "--dir", str(t2.root), "--device", args.device],
                    cwd=REPO, env=ENV, check=True, capture_output=True)  # its baseline, not counted
@@ -231,7 +236,9 @@ def main() -> int:
 
     plain, wall, latency, process_each, complete_at = [], [], [], [], {}
     try:
+        t0 = time.monotonic()
         wait_for(lambda: fully_scored("baseline"))
+        baseline_s = time.monotonic() - t0
         started = time.time()
         for path in ckpts:
             plain.append(plain_gen.run())
@@ -259,7 +266,9 @@ def main() -> int:
     med = statistics.median
     later = slice(1, None) if n > 1 else slice(None)
     ratios = [w / p for w, p in zip(wall, plain)]
-    print(f"{MODELS[args.model]}: {n} checkpoints, {plain_gen.what}; {os.cpu_count()} CPU cores (trained in {train_s:.0f} s)")
+    print(f"{MODELS[args.model]}: {n} checkpoints, {plain_gen.what}; {os.cpu_count()} CPU cores (trained in {train_s:.0f} s)"
+          + (f"; daemon with evaluation.compile = true (start to baseline scored, compile included: {baseline_s:.0f} s)"
+             if args.compile else ""))
     print(f"plain diffusers generation of the same images: median {med(plain):.2f} s "
           f"(each: {', '.join(f'{x:.2f}' for x in plain)})")
     print(f"daemon, wall time per fully scored checkpoint (file complete -> report rewritten): first {wall[0]:.2f} s, "

@@ -4,6 +4,8 @@
 # each sized to finish inside the tool's 10 minutes a command (an estimate until a GPU has run them),
 # logging to $OUT/<part>.log.
 #
+#   bench/gpu_bench.sh sd15-compile  # issue #12's measurement in one call: bench_evaluator.py --sd15 --compile (the
+#                                    # daemon compiled, the plain generation eager), 3 checkpoints, short trainer runs
 #   bench/gpu_bench.sh sd15          # bench_evaluator.py --sd15: daemon vs plain generation, fresh process, trainer steps/s
 #   bench/gpu_bench.sh acceleration  # bench_acceleration.py --sd15: eager / channels_last / torch.compile
 #   bench/gpu_bench.sh sdxl          # bench_evaluator.py --sdxl at 1024 px, 2 images a batch (three processes
@@ -11,13 +13,15 @@
 #   bench/gpu_bench.sh acceleration-sdxl  # bench_acceleration.py --sdxl
 #   bench/gpu_bench.sh check         # only the setup: versions, GPU, demo assets
 #
-# device tool call: command "bash bench/gpu_bench.sh sd15", carry [".whl"].
+# device tool call: command "bash bench/gpu_bench.sh sd15-compile", carry [".whl"], timeout_s 600. A session has
+# 15 minutes of device time, the machine's start included: sd15-compile first, as the only call if need be.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-part=${1:?"part: sd15 | acceleration | sdxl | acceleration-sdxl | check"}
+part=${1:?"part: sd15-compile | sd15 | acceleration | sdxl | acceleration-sdxl | check"}
 PY=${PY:-python3}
 case "$part" in
   check) cmd=() ;;
+  sd15-compile) cmd=(bench/bench_evaluator.py --sd15 --compile --checkpoints 3 --train-epochs 4) ;;
   sd15) cmd=(bench/bench_evaluator.py --sd15) ;;
   acceleration) cmd=(bench/bench_acceleration.py --sd15) ;;
   sdxl) cmd=(bench/bench_evaluator.py --sdxl --checkpoints 3 --train-epochs 0 --batch-size 2) ;;
