@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from conftest import as_a_terminal_starts_it
 from shared.trial import SweepRoot
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +30,7 @@ def start_sweep(*args: str, log: Path) -> subprocess.Popen:
     """A sweep in its own process group, its output in ``log`` (read it when an assertion fails)."""
     with open(log, "ab") as out:
         return subprocess.Popen(sweep_cmd(*args), cwd=REPO_ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=as_a_terminal_starts_it)
 
 
 def python_pids_under(folder: Path) -> list[int]:

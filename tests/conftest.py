@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -147,3 +148,12 @@ def proc_state(pid: int) -> str:
             return f.read().rsplit(b")", 1)[1].split()[0].decode()
     except OSError:
         return "gone"
+
+
+def as_a_terminal_starts_it() -> None:
+    """``preexec_fn`` for a child that a test stops with Ctrl-C. A shell at a terminal starts a command with
+    SIGINT at its default. A test run started as a background job of a non-interactive shell (``make test
+    &``) inherits SIGINT *ignored*: bash cannot trap a signal that was ignored when it started, and Python
+    then raises no KeyboardInterrupt, so Ctrl-C would be tested as if it never came."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)

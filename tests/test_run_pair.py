@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from _report_helpers import REPO_ROOT
-from conftest import write_demo_config
+from conftest import as_a_terminal_starts_it, write_demo_config
 from shared.jsonio import read_model
 from shared.records import (CheckpointMetrics, EvaluationState, EvaluationSummary, Params, StopRequest,
                             TrainerStatus)
@@ -24,14 +24,6 @@ pytestmark = pytest.mark.slow
 MODELS = {"params.json": Params, "trainer_status.json": TrainerStatus, "metrics.json": CheckpointMetrics,
           "evaluation_state.json": EvaluationState, "evaluation_summary.json": EvaluationSummary,
           "stop_request.json": StopRequest}
-
-
-def as_a_terminal_starts_it() -> None:
-    """A shell at a terminal starts a command with SIGINT at its default. A test run started as a background
-    job of a non-interactive shell (``make test &``) inherits SIGINT *ignored*, and bash cannot trap a
-    signal that was ignored when it started: Ctrl-C would be tested as if it never came."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 def run_pair(*args: str, cwd: Path = REPO_ROOT) -> subprocess.Popen:

@@ -18,6 +18,7 @@ import optuna
 import pytest
 
 from _sweep_helpers import DEMO_SWEEP, ENV, REPO_ROOT, default_study, kill_all_under
+from conftest import as_a_terminal_starts_it
 from shared.config import SearchDimension, load_config
 from shared.errors import ConfigError
 from shared.trial import SweepRoot, Trial
@@ -222,7 +223,8 @@ def _start(tmp_path: Path, root: Path, mode: str, n_trials: int, log: Path) -> s
         return subprocess.Popen([sys.executable, str(_harness(tmp_path)), "sweep", "--config", str(DEMO_SWEEP),
                                  "--root", str(root), "--n-trials", str(n_trials), "--evaluator", "none"],
                                 cwd=REPO_ROOT, env={**RUN_ENV, "FAKE_TRAINER": mode}, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=as_a_terminal_starts_it)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, log: Path) -> None:
