@@ -91,12 +91,11 @@ def max_neighbour_correlation(image: np.ndarray, enough: float | None = None) ->
     i.i.d. noise). Channels with no variance are skipped; 0 for a constant image. With ``enough``, the
     first direction whose correlation reaches it is returned without looking at the rest (a real image
     correlates strongly horizontally: one direction instead of four)."""
-    a = np.asarray(image)
-    return _max_correlation(_planes(a if a.ndim == 2 else a[..., :3]), enough)
+    return _max_correlation(_planes(image), enough)
 
 
 def _max_correlation(planes: np.ndarray, enough: float | None = None) -> float:
-    a = planes[:3].astype(np.float64)
+    a = planes[:3].astype(np.float64)  # the colour channels (not alpha)
     a -= a.mean(axis=(1, 2), keepdims=True)
     var = (a * a).mean(axis=(1, 2))
     ok = var > 1e-12
