@@ -17,6 +17,7 @@ from evaluator.lora_swap import LoraSwapper
 from shared.errors import CheckpointError
 from shared.kohya_names import KohyaTable, text_transformer
 from conftest import run_cli, write_demo_config
+from _disk import FULL_SIZE_MODEL
 
 DATA = Path(__file__).parent / "data" / "kohya_sd15"
 MANIFEST = json.loads((DATA / "manifest.json").read_text()) if (DATA / "manifest.json").exists() else {"files": []}
@@ -377,6 +378,7 @@ def test_sample_prompt_lines_parse_as_sd_scripts_does():
 
 
 @pytest.mark.slow
+@FULL_SIZE_MODEL
 def test_real_sd_scripts_files_are_scored_end_to_end(tmp_path):
     """Every real file from tests/data, in one plain folder, scored by `evaluator run --config` on an
     SD-1.5-architecture model with random weights (built once, cached under .cache/)."""

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
+from _disk import FULL_SIZE_MODEL
 
 SD_DIR, SD_PY = os.environ.get("SD_SCRIPTS_DIR"), os.environ.get("SD_SCRIPTS_PYTHON")
-pytestmark = [pytest.mark.sdscripts, pytest.mark.slow, pytest.mark.skipif(
+pytestmark = [FULL_SIZE_MODEL, pytest.mark.sdscripts, pytest.mark.slow, pytest.mark.skipif(
     not (SD_DIR and SD_PY), reason="set SD_SCRIPTS_DIR and SD_SCRIPTS_PYTHON to compare our merge with sd-scripts' "
                                    "and LyCORIS' own (docs/sd-scripts.md says how)")]
 

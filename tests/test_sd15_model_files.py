@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
+from _disk import FULL_SIZE_MODEL
 
 SD_PY = os.environ.get("SD_SCRIPTS_PYTHON")
 needs_sd_python = pytest.mark.skipif(not SD_PY, reason="set SD_SCRIPTS_PYTHON (sd-scripts' venv Python, transformers "
@@ -121,6 +122,7 @@ def sd15():
 
 @needs_sd_python
 @pytest.mark.slow
+@FULL_SIZE_MODEL
 def test_sd_venv_reads_every_text_encoder_weight_of_the_random_sd15(sd15):
     r = _load_with_sd_venv(sd15 / "text_encoder")
     assert r["version"].startswith("4."), r["version"]
@@ -132,6 +134,7 @@ def test_sd_venv_reads_every_text_encoder_weight_of_the_random_sd15(sd15):
 
 @needs_sd_python
 @pytest.mark.slow
+@FULL_SIZE_MODEL
 def test_our_transformers5_reads_every_text_encoder_weight_of_the_random_sd15(sd15):
     import torch
     from safetensors.torch import load_file

@@ -16,9 +16,10 @@ from shared.jsonio import read_model, write_model
 from shared.records import Params, StopRequest, TrainerStatus
 from shared.safetensors_info import inspect
 from shared.trial import Trial
+from _disk import FULL_SIZE_MODEL
 
 SD_DIR, SD_PY = os.environ.get("SD_SCRIPTS_DIR"), os.environ.get("SD_SCRIPTS_PYTHON")
-pytestmark = [pytest.mark.sdscripts, pytest.mark.slow, pytest.mark.skipif(
+pytestmark = [FULL_SIZE_MODEL, pytest.mark.sdscripts, pytest.mark.slow, pytest.mark.skipif(
     not (SD_DIR and SD_PY), reason="set SD_SCRIPTS_DIR and SD_SCRIPTS_PYTHON to test against a real sd-scripts "
                                    "(docs/sd-scripts.md says how)")]
 

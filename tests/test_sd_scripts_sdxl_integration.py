@@ -16,6 +16,7 @@ from shared.jsonio import read_model
 from shared.records import CheckpointMetrics, Params, TrainerStatus
 from shared.safetensors_info import inspect
 from shared.trial import Trial
+from _disk import FULL_SIZE_MODEL
 
 SD_DIR, SD_PY = os.environ.get("SD_SCRIPTS_DIR"), os.environ.get("SD_SCRIPTS_PYTHON")
 NEEDED_GB = 20
@@ -25,7 +26,7 @@ def _memory_gb() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
-pytestmark = [pytest.mark.sdscripts, pytest.mark.slow,
+pytestmark = [FULL_SIZE_MODEL, pytest.mark.sdscripts, pytest.mark.slow,
               pytest.mark.skipif(not (SD_DIR and SD_PY), reason="set SD_SCRIPTS_DIR and SD_SCRIPTS_PYTHON to test "
                                  "against a real sd-scripts (docs/sd-scripts.md says how)"),
               pytest.mark.skipif(_memory_gb() < NEEDED_GB, reason=f"SDXL with sd-scripts on the CPU needs about "

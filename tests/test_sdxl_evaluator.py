@@ -18,6 +18,7 @@ from evaluator.pipeline import GenerationSettings, SizeConditioning, generate, l
 from shared.base_loading import BaseModelError, load_base_pipeline
 from shared.errors import CheckpointError
 from conftest import REPO_ROOT, run_cli
+from _disk import FULL_SIZE_MODEL
 from test_kohya_interop import Transformers4Layout
 
 SD15_DATA = Path(__file__).parent / "data" / "kohya_sd15"
@@ -214,6 +215,7 @@ def test_a_single_file_checkpoint_loads_offline_with_every_tensor_in_place(tmp_p
 
 
 @pytest.mark.slow
+@FULL_SIZE_MODEL
 def test_a_full_size_sd15_single_file_loads_offline_with_the_published_configs(tmp_path):
     """A full-size SD 1.5 checkpoint (random weights, fp16, 2 GB) in the single-file layout loads with no
     config_dir: the SD 1.5 config folder built from shared.base_configs, no hub (HF_HUB_OFFLINE); every

@@ -17,6 +17,7 @@ from shared.jsonio import read_model
 from shared.records import CheckpointMetrics
 from shared.safetensors_info import inspect
 from shared.trial import Trial
+from _disk import FULL_SIZE_MODEL
 
 DATA = Path(__file__).parent / "data" / "kohya_sdxl"
 NEEDED_GB = 16
@@ -26,7 +27,7 @@ def _memory_gb() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+pytestmark = [FULL_SIZE_MODEL, pytest.mark.slow, pytest.mark.skipif(
     _memory_gb() < NEEDED_GB, reason=f"the full-size SDXL base needs about {NEEDED_GB} GB of memory in bf16; "
                                      f"this machine has {_memory_gb():.0f} GB")]
 
