@@ -274,7 +274,6 @@ def replace_step(logdir: Path, ledger: _Ledger, step: int, prefixes: tuple[str, 
     saved) records the rewrite as the commit point. Returns how many values were dropped."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto import event_pb2
-    from tensorboard.summary.writer.event_file_writer import _global_uid
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     from evaluator import tensorboard_crc
@@ -300,7 +299,10 @@ def replace_step(logdir: Path, ledger: _Ledger, step: int, prefixes: tuple[str, 
     now = time.time()
     kept.extend(event_pb2.Event(wall_time=now, step=step, summary=s) for s in summaries)
     kept.sort(key=lambda e: (e.HasField("summary"), e.step if e.HasField("summary") else 0))  # stable
-    name = f"{EVENTS_PREFIX}{int(now):010d}.{socket.gethostname()}.{os.getpid()}.{_global_uid.get()}.rewritten"
+    # TensorBoard reads event files in name order. A writer names its file by second, host, pid and a
+    # per-process counter, which sorts "10" before "9"; "0" in the pid's place puts this file before every
+    # file a writer opens here in the same second, all of which come after it (it replaces every file there is).
+    name = f"{EVENTS_PREFIX}{int(now):010d}.{socket.gethostname()}.0.rewritten"
     fd, tmp = tempfile.mkstemp(prefix=REWRITE_TMP_PREFIX, suffix=".tmp", dir=logdir)
     committed = False
     try:

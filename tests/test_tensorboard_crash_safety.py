@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -180,6 +181,27 @@ def test_a_kill_at_any_point_leaves_each_point_once_after_a_restart(tmp_path, sc
     else:
         pytest.fail("the call never finished")
     assert kills >= 4  # every call has an intent, a flush or a rewrite to be killed in
+
+
+@pytest.mark.parametrize("uid", [0, 8, 98])  # 8: the rewrite takes 9, the next writer 10
+def test_files_written_in_one_second_are_read_in_the_order_they_were_written(tmp_path, monkeypatch, uid):
+    """TensorBoard reads a folder's event files in name order. A writer's file is named by the second, the
+    host, the pid and a per-process counter, so within one second the counter going from 9 to 10 put a later
+    file first: the step-8 point was read before the rewritten steps 0 and 4, a curve that jumps back. (Seen
+    when the suite ran on two workers: a forked child inherited a counter at 9.)"""
+    from tensorboard.summary.writer import event_file_writer
+
+    monkeypatch.setattr(event_file_writer._global_uid, "_value", uid)
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.25)  # every file in one second
+    trial = Trial(tmp_path / "trial_0001")
+    _log(trial, "baseline", 0, 0.5)
+    _log(trial, "checkpoint", 4, 0.6)
+    _log(trial, "checkpoint", 4, 0.65)  # a repeat: every event file rewritten as one
+    _log(trial, "checkpoint", 8, 0.7)  # a first scoring: a new writer, a new file, the same second
+    tb.close_writers()
+    logdir = trial.logs_dir / "evaluator"
+    assert len(tb._event_files(logdir)) == 2
+    assert _read(logdir)["eval/score"] == [(0, 0.5), (4, 0.65), (8, 0.7)]
 
 
 def test_cleanup_of_a_folder_without_leftovers():
